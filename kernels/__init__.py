@@ -1,0 +1,14 @@
+"""bert_fast_kernels: fused Triton kernels for BERT-style encoders, each beside its plain PyTorch reference.
+
+Knows nothing of BERT. The references in `reference.py` are the specification; the kernels match them
+within the tolerance rule of the tests (at most twice PyTorch's own error in the same dtype).
+"""
+
+from .reference import add_layer_norm_ref, bias_gelu_ref, padded_attention_ref, varlen_attention_ref
+
+__all__ = [
+    "add_layer_norm_ref",
+    "bias_gelu_ref",
+    "padded_attention_ref",
+    "varlen_attention_ref",
+]
