@@ -1,0 +1,81 @@
+"""Shared benchmark plumbing: where results go, what each row records, and timing.
+
+Every row carries the GPU, the library versions, the git sha and the date, so committed numbers can be
+traced to the run that produced them. Results append to bench/results/<name>.jsonl.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _version(module_name: str) -> str | None:
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        return None
+    return getattr(module, "__version__", None)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=RESULTS_DIR.parent)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    """What a result row needs to be reproducible: device, versions, commit, date."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {
+        "device": gpu,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "cuda": torch.version.cuda,
+        "git_sha": git_sha(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_rows(name: str, rows: list[dict], results_dir: Path = RESULTS_DIR) -> Path:
+    """Append rows (each merged with the environment) to results_dir/<name>.jsonl."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.jsonl"
+    env = environment()
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps({**env, **row}) + "\n")
+    return path
+
+
+def bench_ms(fn, warmup_ms: int = 50, rep_ms: int = 200) -> float:
+    """Median milliseconds of fn() on the GPU (CUDA events via triton's do_bench)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain Markdown table of the given columns (floats to 3 significant digits)."""
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
