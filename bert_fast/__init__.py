@@ -1,0 +1,30 @@
+"""bert_fast: a fast, correct BERT encoder for PyTorch.
+
+One model with two implementations (plain PyTorch reference, fused Triton kernels), loading and saving
+Hugging Face BERT checkpoints unchanged.
+"""
+
+from .checkpoint import CheckpointError
+from .config import BertConfig, ConfigError
+from .inputs import InputError
+from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
+from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
+from .tokenizer import BertTokenizer, TokenizerError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForPreTraining",
+    "BertModel",
+    "BertModelOutput",
+    "BertPreTrainedModel",
+    "BertTokenizer",
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "MaskedLMOutput",
+    "PreTrainingOutput",
+    "TokenizerError",
+]

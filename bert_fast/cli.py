@@ -1,0 +1,42 @@
+"""The `bert-fast` command line. Each subcommand lives in bert_fast/commands/<name>.py with two functions:
+`add_arguments(parser)` and `run(args) -> int`. The CLI only parses and dispatches; defaults live in the code
+the commands call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (subcommand, module under bert_fast.commands, one-line help)
+COMMANDS = [
+    ("encode", "encode", "embed texts with a BERT checkpoint (cls or mean pooling), print or save .npy"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bert-fast", description="Fast BERT: encode, pretrain, fine-tune, bench.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library decides (impl, loading)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(f"bert_fast.commands.{module_name}")
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

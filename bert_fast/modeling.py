@@ -1,0 +1,394 @@
+"""BERT (Devlin et al., 2019) in PyTorch: one model, two implementations.
+
+Module and parameter names are Hugging Face's, so its state dicts load with strict=True. Each layer's fused
+steps (attention, bias+GELU, bias+dropout+residual+LayerNorm) go through the dispatch layer in `ops.py`: the
+reference implementation computes them in plain PyTorch on the padded batch, the triton implementation with our
+kernels on the packed real tokens. The modules themselves are the same for both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops as ops_lib
+from .config import BertConfig
+from .inputs import check_inputs
+from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
+
+logger = logging.getLogger("bert_fast")
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, position_ids, ops) -> torch.Tensor:
+        # ids: any shape (padded (batch, seq) or packed (tokens,)); returns (..., hidden)
+        words = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        positions = self.position_embeddings(position_ids)
+        hidden = ops.add_layer_norm(words, positions, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return self.dropout(hidden)
+
+
+class BertSelfAttention(nn.Module):
+    """Query, key and value projections fused into one (3H, H) matrix.
+
+    Checkpoints keep Hugging Face's separate `query`, `key`, `value` names: state_dict() splits the fused matrix
+    and load_state_dict() fuses the three, so the fusion is invisible outside this module.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.register_state_dict_post_hook(_split_qkv)
+        self.register_load_state_dict_pre_hook(_fuse_qkv)
+
+    def forward(self, hidden, layout, ops) -> torch.Tensor:
+        qkv = self.qkv(hidden).unflatten(-1, (3, self.num_heads, self.head_dim))  # (..., 3, heads, head_dim)
+        dropout_p = self.dropout_p if self.training else 0.0
+        context = layout.attention(ops, qkv, dropout_p, None)  # (..., heads, head_dim)
+        return context.flatten(-2)  # (..., hidden)
+
+
+_QKV = ("query", "key", "value")
+
+
+def _split_qkv(module, state_dict, prefix, local_metadata):
+    for kind in ("weight", "bias"):
+        fused = state_dict.pop(f"{prefix}qkv.{kind}")
+        for name, part in zip(_QKV, fused.chunk(3, dim=0)):
+            state_dict[f"{prefix}{name}.{kind}"] = part
+
+
+def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{kind}" for name in _QKV]
+        if all(k in state_dict for k in keys):
+            parts = [state_dict.pop(k) for k in keys]
+            if len({p.shape for p in parts}) != 1:
+                error_msgs.append(f"{prefix}query/key/value.{kind} have different shapes {[tuple(p.shape) for p in parts]}")
+                continue
+            state_dict[f"{prefix}qkv.{kind}"] = torch.cat(parts, dim=0)
+
+
+class BertSelfOutput(nn.Module):
+    """Output projection, then bias + dropout + residual + LayerNorm in one step."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden, residual, ops) -> torch.Tensor:
+        # The bias is left out of the matmul so the fused step adds it with the dropout and residual.
+        projected = F.linear(hidden, self.dense.weight)
+        return ops.add_layer_norm(
+            projected, residual, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps,
+            x_bias=self.dense.bias, dropout_p=self.dropout.p if self.training else 0.0,
+        )
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden, layout, ops) -> torch.Tensor:
+        return self.output(self.self(hidden, layout, ops), hidden, ops)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.approximate = config.gelu_approximate
+
+    def forward(self, hidden, ops) -> torch.Tensor:
+        return ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, self.approximate)
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config: BertConfig):
+        nn.Module.__init__(self)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden, layout, ops) -> torch.Tensor:
+        attended = self.attention(hidden, layout, ops)
+        return self.output(self.intermediate(attended, ops), attended, ops)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden, layout, ops, output_hidden_states: bool = False):
+        all_hidden = [hidden] if output_hidden_states else None
+        for layer in self.layer:
+            hidden = layer(hidden, layout, ops)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+        return hidden, all_hidden
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(first_token))
+
+
+# --- the shared base: construction, initialisation, implementation switch, checkpoints ------------------
+
+
+class BertPreTrainedModel(nn.Module):
+    """What every BERT model here shares: config, weight init, the impl switch and HF-format checkpoints."""
+
+    # Prefix of the encoder's keys inside this model's state dict ("" for the bare encoder).
+    encoder_prefix = "bert."
+
+    def __init__(self, config: BertConfig, impl: str = "auto"):
+        super().__init__()
+        self.config = config
+        self.impl = ops_lib.check_impl(impl)
+        self._resolved_impl: str | None = None
+
+    # The implementation switch: one setting, read by forward through the dispatch layer.
+    def set_impl(self, impl: str) -> "BertPreTrainedModel":
+        """Switch a built model (and the encoder inside it) to another implementation; weights are unchanged."""
+        ops_lib.check_impl(impl)
+        for module in self.modules():
+            if isinstance(module, BertPreTrainedModel):
+                module.impl = impl
+                module._resolved_impl = None
+        return self
+
+    def _ops(self, device: torch.device) -> ops_lib.Ops:
+        ops = ops_lib.resolve(self.impl, device)
+        if self.impl == "auto" and ops.name != self._resolved_impl:
+            logger.info("bert_fast: impl='auto' uses %s on %s", ops.name, device.type)
+        self._resolved_impl = ops.name
+        return ops
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BertLMPredictionHead):
+            nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Models with an MLM decoder share its weight with the word embeddings."""
+
+    # Keys of this model's state dict that checkpoints leave out because they are tied to another key.
+    tied_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pretrained(cls, path, impl: str = "auto", dtype=None, device=None, **config_overrides):
+        """Load a Hugging Face BERT folder (config.json + model.safetensors or pytorch_model.bin). No network."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, impl=impl, dtype=dtype, device=device, **config_overrides)
+
+    def save_pretrained(self, path) -> None:
+        """Write config.json + model.safetensors, each atomically, in a folder transformers loads."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+
+class BertModel(BertPreTrainedModel):
+    encoder_prefix = ""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, impl: str = "auto"):
+        super().__init__(config, impl)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> BertModelOutput:
+        hidden, layout, all_hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                 output_hidden_states)
+        pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
+        return BertModelOutput(
+            last_hidden_state=layout.unpack(hidden),
+            pooler_output=pooled,
+            hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
+        )
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               output_hidden_states=False):
+        """Embeddings and encoder in the implementation's own layout: (hidden, layout, all hidden states).
+
+        Heads that need only some positions (the MLM head at masked tokens, [CLS] for NSP) take these
+        and pick their positions through the layout, without scattering the whole batch back.
+        """
+        input_ids, attention_mask, token_type_ids, position_ids = check_inputs(
+            self.config, self.embeddings.word_embeddings.weight.device, input_ids, attention_mask, token_type_ids,
+            position_ids,
+        )
+        batch_size, seq_len = input_ids.shape
+        ops = self._ops(input_ids.device)
+        layout = ops.layout(attention_mask, batch_size, seq_len, input_ids.device)
+        ids = layout.pack(input_ids)
+        hidden = self.embeddings(ids, layout.pack(token_type_ids), layout.pack(position_ids), ops)
+        hidden, all_hidden = self.encoder(hidden, layout, ops, output_hidden_states)
+        return hidden, layout, all_hidden
+
+
+# --- pretraining heads ---------------------------------------------------------------------------------
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.approximate = config.gelu_approximate
+
+    def forward(self, hidden, ops) -> torch.Tensor:
+        activated = ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, self.approximate)
+        return ops.add_layer_norm(activated, None, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias  # one bias, under both of Hugging Face's names
+
+    def forward(self, hidden, ops) -> torch.Tensor:
+        return self.decoder(self.transform(hidden, ops))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, hidden, ops):
+        return self.predictions(hidden, ops)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over positions with a label (-100 elsewhere), in float32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with its two pretraining heads: masked LM (decoder tied to the word embeddings) and next sentence."""
+
+    tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+    def __init__(self, config: BertConfig, impl: str = "auto"):
+        super().__init__(config, impl)
+        self.bert = BertModel(config, add_pooling_layer=True, impl=impl)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+
+    def tie_weights(self) -> None:
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                next_sentence_label=None, output_hidden_states: bool = False) -> PreTrainingOutput:
+        hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                      output_hidden_states)
+        ops = self.bert._ops(hidden.device)
+        pooled = self.bert.pooler(layout.first_tokens(hidden))
+        nsp_logits = self.cls.seq_relationship(pooled)
+        mlm_logits = layout.unpack(self.cls.predictions(hidden, ops))
+        mlm_loss = masked_lm_loss(mlm_logits, labels) if labels is not None else None
+        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1)) \
+            if next_sentence_label is not None else None
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        return PreTrainingOutput(
+            loss=sum(losses) if losses else None,
+            prediction_logits=mlm_logits,
+            seq_relationship_logits=nsp_logits,
+            hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+        )
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+    def __init__(self, config: BertConfig, impl: str = "auto"):
+        super().__init__(config, impl)
+        self.bert = BertModel(config, add_pooling_layer=False, impl=impl)
+        self.cls = BertOnlyMLMHead(config)
+        self.init_weights()
+
+    def tie_weights(self) -> None:
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_hidden_states: bool = False) -> MaskedLMOutput:
+        hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                      output_hidden_states)
+        logits = layout.unpack(self.cls(hidden, self.bert._ops(hidden.device)))
+        return MaskedLMOutput(
+            loss=masked_lm_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
+        )

@@ -1,0 +1,207 @@
+"""The dispatch layer: the one place that knows which implementation computes a BERT layer's fused steps.
+
+Modules call `ops.<step>(...)` and `layout.<step>(...)`; they never branch on the implementation. An `Ops`
+bundles the functions of one implementation and how it lays a batch out:
+
+- "reference": kernels' plain PyTorch references on the padded (batch, seq, hidden) batch with a key mask,
+  which is exactly Hugging Face's computation;
+- "triton": our fused kernels on the packed (tokens, hidden) tensor of real tokens only. Where a kernel is
+  not available (an older bert_fast_kernels), that step falls back to its reference and says so once.
+
+"auto" resolves per forward from the input's device: triton on CUDA, reference elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import bert_fast_kernels as K
+
+logger = logging.getLogger("bert_fast")
+
+IMPLS = ("reference", "triton", "auto")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+    return impl
+
+
+# --- batch layouts ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PaddedLayout:
+    """Hidden states as (batch, seq, hidden); attention masks padded keys. Hugging Face's layout."""
+
+    key_padding_mask: torch.Tensor | None  # (batch, seq) bool, True for real tokens; None when nothing is padded
+    batch_size: int
+    seq_len: int
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]  # (batch, hidden): the [CLS] position
+
+    def attention(self, ops: "Ops", qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
+        q, k, v = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
+        return ops.padded_attention(q, k, v, self.key_padding_mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
+
+
+@dataclass
+class PackedLayout:
+    """Hidden states as (tokens, hidden) holding only the real tokens of the batch, sequence after sequence."""
+
+    indices: torch.Tensor | None  # (tokens,) flat positions of real tokens in (batch * seq); None: all are real
+    cu_seqlens: torch.Tensor  # (batch + 1,) int32 offsets of each sequence in the packed tensor
+    max_seqlen: int
+    batch_size: int
+    seq_len: int
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, ...) -> (tokens, ...)."""
+        flat = x.reshape(self.batch_size * self.seq_len, *x.shape[2:])
+        return flat if self.indices is None else flat.index_select(0, self.indices)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (batch, seq, ...), zeros at padded positions."""
+        if self.indices is None:
+            return x.reshape(self.batch_size, self.seq_len, *x.shape[1:])
+        out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
+        out = out.index_copy(0, self.indices, x)
+        return out.reshape(self.batch_size, self.seq_len, *x.shape[1:])
+
+    def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, self.cu_seqlens[:-1].long())  # (batch, hidden); every sequence keeps its [CLS]
+
+    def attention(self, ops: "Ops", qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
+        # qkv: (tokens, 3, heads, head_dim)
+        return ops.varlen_attention_qkvpacked(
+            qkv, self.cu_seqlens, self.max_seqlen, dropout_p=dropout_p, softmax_scale=softmax_scale
+        )
+
+
+def padded_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> PaddedLayout:
+    mask = None if attention_mask is None else attention_mask.bool()
+    return PaddedLayout(mask, batch_size, seq_len)
+
+
+def packed_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device) -> PackedLayout:
+    """Find the real tokens once; every layer then runs on them alone."""
+    if attention_mask is None:
+        cu_seqlens = torch.arange(0, (batch_size + 1) * seq_len, seq_len, dtype=torch.int32, device=device)
+        return PackedLayout(None, cu_seqlens, seq_len, batch_size, seq_len)
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1, dtype=torch.int32)
+    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    indices = mask.flatten().nonzero().flatten()
+    max_seqlen = int(lengths.max().item()) if batch_size else 0
+    return PackedLayout(indices, cu_seqlens, max_seqlen, batch_size, seq_len)
+
+
+# --- implementations -------------------------------------------------------------------------------------
+
+
+def _qkvpacked(attention: Callable) -> Callable:
+    """Adapt a (q, k, v, ...) varlen attention to the packed (tokens, 3, heads, head_dim) call."""
+
+    def call(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None):
+        q, k, v = qkv.unbind(dim=1)
+        return attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, softmax_scale=softmax_scale)
+
+    return call
+
+
+@dataclass(frozen=True)
+class Ops:
+    name: str
+    bias_gelu: Callable  # (x, bias, approximate) -> gelu(x + bias)
+    add_layer_norm: Callable  # (x, residual, weight, bias, eps, x_bias=, dropout_p=, return_residual=) -> y
+    padded_attention: Callable  # (q, k, v, key_padding_mask, dropout_p=, softmax_scale=) -> out
+    varlen_attention_qkvpacked: Callable  # (qkv, cu_seqlens, max_seqlen, dropout_p=, softmax_scale=) -> out
+    packed: bool  # run the encoder on packed real tokens
+
+    def layout(self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device) -> object:
+        if self.packed:
+            return packed_layout(attention_mask, batch_size, seq_len, device)
+        return padded_layout(attention_mask, batch_size, seq_len)
+
+
+def _reference_add_layer_norm(x, residual, weight, bias, eps, x_bias=None, dropout_p=0.0, return_residual=False):
+    return K.add_layer_norm_ref(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p,
+                                return_residual=return_residual)
+
+
+REFERENCE = Ops(
+    name="reference",
+    bias_gelu=K.bias_gelu_ref,
+    add_layer_norm=_reference_add_layer_norm,
+    padded_attention=K.padded_attention_ref,
+    varlen_attention_qkvpacked=_qkvpacked(K.varlen_attention_ref),
+    packed=False,
+)
+
+
+def _kernel_or_reference(name: str, reference: Callable, missing: list[str]) -> Callable:
+    kernel = getattr(K, name, None)
+    if kernel is None:
+        missing.append(name)
+        return reference
+    return kernel
+
+
+def _build_triton_ops() -> Ops:
+    missing: list[str] = []
+    ops = Ops(
+        name="triton",
+        bias_gelu=_kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing),
+        add_layer_norm=_kernel_or_reference("add_layer_norm", REFERENCE.add_layer_norm, missing),
+        padded_attention=_kernel_or_reference("padded_attention", REFERENCE.padded_attention, missing),
+        varlen_attention_qkvpacked=_kernel_or_reference(
+            "varlen_attention_qkvpacked", REFERENCE.varlen_attention_qkvpacked, missing
+        ),
+        packed=True,
+    )
+    if missing:
+        logger.warning("bert_fast: impl='triton' runs the PyTorch reference for %s (no kernel yet)", ", ".join(missing))
+    return ops
+
+
+_TRITON: Ops | None = None
+
+
+def triton_ops() -> Ops:
+    global _TRITON
+    if _TRITON is None:
+        _TRITON = _build_triton_ops()
+    return _TRITON
+
+
+def kernels_usable(device: torch.device) -> bool:
+    """Triton kernels run on CUDA, or on the CPU only under Triton's interpreter."""
+    from bert_fast_kernels._common import interpreting
+
+    return device.type == "cuda" or interpreting()
+
+
+def resolve(impl: str, device: torch.device) -> Ops:
+    """The Ops for an impl setting and the device the batch lives on."""
+    if impl == "reference":
+        return REFERENCE
+    if impl == "triton":
+        if not kernels_usable(device):
+            raise RuntimeError(
+                f"impl='triton' needs CUDA tensors (the batch is on {device}); use impl='reference' or 'auto' on "
+                "the CPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter"
+            )
+        return triton_ops()
+    return triton_ops() if device.type == "cuda" else REFERENCE
