@@ -1,0 +1,56 @@
+"""The implementation switch: chosen at construction, switchable on a built model, resolved per device."""
+
+import logging
+
+import pytest
+import torch
+
+import bert_fast
+from bert_fast import ops
+from tests.model.conftest import random_batch, tiny_config
+
+
+def test_auto_resolves_to_reference_on_cpu(caplog):
+    model = bert_fast.BertModel(tiny_config(), impl="auto").eval()
+    with caplog.at_level(logging.INFO, logger="bert_fast"):
+        model(**random_batch(model.config))
+        model(**random_batch(model.config))
+    assert caplog.text.count("impl='auto' uses reference on cpu") == 1
+
+
+def test_unknown_impl():
+    with pytest.raises(ValueError, match="impl='fast'"):
+        bert_fast.BertModel(tiny_config(), impl="fast")
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model = bert_fast.BertModel(tiny_config(), impl="triton")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        model(**random_batch(model.config))
+
+
+def test_switching_keeps_weights_and_reaches_the_encoder():
+    model = bert_fast.BertForPreTraining(tiny_config(), impl="reference")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.set_impl("triton")
+    assert model.impl == model.bert.impl == "triton"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_dispatch_picks_layouts():
+    assert ops.resolve("reference", torch.device("cpu")).packed is False
+    assert ops.resolve("auto", torch.device("cpu")) is ops.REFERENCE
+    assert ops.resolve("auto", torch.device("cuda")).name == "triton"
+
+
+def test_packed_layout_round_trip():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    layout = ops.packed_layout(mask, 3, 4, "cpu")
+    assert layout.cu_seqlens.tolist() == [0, 3, 4, 8] and layout.max_seqlen == 4
+    x = torch.randn(3, 4, 5)
+    packed = layout.pack(x)
+    assert packed.shape == (8, 5)
+    back = layout.unpack(packed)
+    assert torch.equal(back[mask.bool()], x[mask.bool()]) and not back[~mask.bool()].any()
+    assert torch.equal(layout.first_tokens(packed), x[:, 0])

