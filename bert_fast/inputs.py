@@ -94,3 +94,51 @@ def _check_values(config, input_ids, attention_mask, token_type_ids, position_id
     if pos_min < 0 or pos_max >= config.max_position_embeddings:
         bad = pos_min if pos_min < 0 else pos_max
         raise InputError(f"position_ids holds {bad}; the model has {config.max_position_embeddings} positions")
+
+
+def check_packed_inputs(
+    config: BertConfig,
+    device: torch.device,
+    input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    token_type_ids: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+):
+    """Validate packed sequences (tokens,) with their offsets; default token types 0 and per-sequence positions."""
+    if input_ids.dim() != 1:
+        raise InputError(f"packed input_ids must have shape (tokens,), got {tuple(input_ids.shape)}")
+    _check_integer("input_ids", input_ids)
+    if cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32 or cu_seqlens.numel() < 2:
+        raise InputError(f"cu_seqlens must be int32 of shape (batch + 1,), got {cu_seqlens.dtype} "
+                         f"{tuple(cu_seqlens.shape)}")
+    if max_seqlen > config.max_position_embeddings and position_ids is None:
+        raise InputError(f"max_seqlen {max_seqlen} is longer than the model's {config.max_position_embeddings} "
+                         "positions")
+    for name, t in {"input_ids": input_ids, "cu_seqlens": cu_seqlens, "token_type_ids": token_type_ids,
+                    "position_ids": position_ids}.items():
+        if t is not None and t.device != device:
+            raise InputError(f"{name} is on {t.device} but the model is on {device}")
+    for name, t in {"token_type_ids": token_type_ids, "position_ids": position_ids}.items():
+        if t is not None and t.shape != input_ids.shape:
+            raise InputError(f"{name} has shape {tuple(t.shape)} but input_ids has {tuple(input_ids.shape)}")
+    tokens = torch.arange(input_ids.shape[0], device=device)
+    if position_ids is None:
+        # Each token's sequence, then its offset inside it; searchsorted keeps this free of host syncs.
+        sequence = torch.searchsorted(cu_seqlens[1:], tokens.to(torch.int32), right=True)
+        position_ids = tokens - cu_seqlens.long()[sequence]
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    if not _capturing():
+        lengths = cu_seqlens.diff()
+        first, last, longest, most_negative = torch.stack([
+            cu_seqlens[0].long(), cu_seqlens[-1].long(), lengths.max().long(), lengths.min().long(),
+        ]).tolist()
+        if first != 0 or last != input_ids.shape[0] or most_negative < 0:
+            raise InputError(f"cu_seqlens must rise from 0 to the {input_ids.shape[0]} tokens, "
+                             f"got {cu_seqlens.tolist()[:8]}...")
+        if longest > max_seqlen:
+            raise InputError(f"a sequence has {longest} tokens, more than max_seqlen={max_seqlen}")
+        if input_ids.numel():
+            _check_values(config, input_ids, None, token_type_ids, position_ids)
+    return input_ids, cu_seqlens, token_type_ids, position_ids

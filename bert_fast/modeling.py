@@ -16,7 +16,7 @@ from torch import nn
 
 from . import ops as ops_lib
 from .config import BertConfig
-from .inputs import check_inputs
+from .inputs import check_inputs, check_packed_inputs
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 
 logger = logging.getLogger("bert_fast")
@@ -256,15 +256,58 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        return_packed: bool = False,
     ) -> BertModelOutput:
+        """Encode a padded batch. Outputs are (batch, seq, hidden) with zeros at padded positions on the packed
+        path; with return_packed=True, last_hidden_state is (tokens, hidden) over real tokens only, sequence after
+        sequence, and the output carries cu_seqlens and the flat indices of those tokens in (batch * seq).
+        """
         hidden, layout, all_hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                                  output_hidden_states)
         pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
+        if return_packed:
+            return self._packed_output(hidden, pooled, all_hidden, layout, attention_mask)
         return BertModelOutput(
             last_hidden_state=layout.unpack(hidden),
             pooler_output=pooled,
             hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
         )
+
+    def _packed_output(self, hidden, pooled, all_hidden, layout, attention_mask) -> BertModelOutput:
+        # The reference path runs padded: pack its outputs the same way the fused path does.
+        batch_size, seq_len = layout.batch_size, layout.seq_len
+        packing = ops_lib.packed_layout(attention_mask, batch_size, seq_len, hidden.device)
+        repack = (lambda h: packing.pack(layout.unpack(h))) if not isinstance(layout, ops_lib.PackedLayout) \
+            else (lambda h: h)
+        indices = packing.indices
+        if indices is None:
+            indices = torch.arange(batch_size * seq_len, device=hidden.device)
+        return BertModelOutput(
+            last_hidden_state=repack(hidden), pooler_output=pooled,
+            hidden_states=tuple(repack(h) for h in all_hidden) if all_hidden else None,
+            cu_seqlens=packing.cu_seqlens, indices=indices,
+        )
+
+    def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                       token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                       output_hidden_states: bool = False) -> BertModelOutput:
+        """Encode sequences that arrive packed: input_ids (tokens,), cu_seqlens (batch + 1,) int32 offsets,
+        max_seqlen >= the longest sequence. Returns packed (tokens, hidden) states and (batch, hidden) pooled.
+
+        Positions default to 0..len-1 within each sequence. Nothing here needs a device-to-host sync once
+        the inputs are validated, so this is the entry point CUDA-graph capture uses.
+        """
+        input_ids, cu_seqlens, token_type_ids, position_ids = check_packed_inputs(
+            self.config, self.embeddings.word_embeddings.weight.device, input_ids, cu_seqlens, max_seqlen,
+            token_type_ids, position_ids,
+        )
+        ops = self._ops(input_ids.device)
+        layout = ops_lib.PrepackedLayout(cu_seqlens, max_seqlen)
+        hidden, all_hidden = self._encode_layout(input_ids, token_type_ids, position_ids, layout, ops,
+                                                 output_hidden_states)
+        pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
+        return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled,
+                               hidden_states=tuple(all_hidden) if all_hidden else None, cu_seqlens=cu_seqlens)
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                output_hidden_states=False):
@@ -280,10 +323,13 @@ class BertModel(BertPreTrainedModel):
         batch_size, seq_len = input_ids.shape
         ops = self._ops(input_ids.device)
         layout = ops.layout(attention_mask, batch_size, seq_len, input_ids.device)
-        ids = layout.pack(input_ids)
-        hidden = self.embeddings(ids, layout.pack(token_type_ids), layout.pack(position_ids), ops)
-        hidden, all_hidden = self.encoder(hidden, layout, ops, output_hidden_states)
+        hidden, all_hidden = self._encode_layout(layout.pack(input_ids), layout.pack(token_type_ids),
+                                                 layout.pack(position_ids), layout, ops, output_hidden_states)
         return hidden, layout, all_hidden
+
+    def _encode_layout(self, input_ids, token_type_ids, position_ids, layout, ops, output_hidden_states):
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, ops)
+        return self.encoder(hidden, layout, ops, output_hidden_states)
 
 
 # --- pretraining heads ---------------------------------------------------------------------------------
@@ -329,20 +375,55 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+class BertMLMLoss(nn.Module):
+    """Masked-LM head and loss at the labelled positions only.
+
+    The decoder (tied to the word embeddings) projects onto the whole vocabulary; computing it only where a
+    label is (15% of tokens in pretraining) saves most of its cost. With fused=True the loss never holds the
+    (positions, vocab) logits at once (kernels.linear_cross_entropy) and returns no logits.
+    """
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, head: "BertLMPredictionHead", hidden, labels, layout, ops):
+        labels = layout.pack(labels)
+        selected = labels != -100  # (batch, seq) padded or (tokens,) packed: row-major order either way
+        transformed = head.transform(hidden[selected], ops)
+        targets = labels[selected]
+        if self.fused:
+            from bert_fast_kernels import linear_cross_entropy
+
+            return linear_cross_entropy(transformed, head.decoder.weight, head.bias, targets), None
+        logits = head.decoder(transformed)
+        return masked_lm_loss(logits, targets), logits
+
+
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over positions with a label (-100 elsewhere), in float32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def _stack_hidden(layout, all_hidden):
+    return tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None
+
+
 class BertForPreTraining(BertPreTrainedModel):
-    """BERT with its two pretraining heads: masked LM (decoder tied to the word embeddings) and next sentence."""
+    """BERT with its two pretraining heads: masked LM (decoder tied to the word embeddings) and next sentence.
+
+    Without labels, prediction_logits is (batch, seq, vocab) as in transformers. With labels, the MLM head runs
+    only where labels != -100 and prediction_logits is (labelled positions, vocab) in row-major order, so
+    `labels[labels != -100]` are its targets; with `fused_mlm_loss=True` it is None.
+    """
 
     tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
-    def __init__(self, config: BertConfig, impl: str = "auto"):
+    def __init__(self, config: BertConfig, impl: str = "auto", fused_mlm_loss: bool = False):
         super().__init__(config, impl)
         self.bert = BertModel(config, add_pooling_layer=True, impl=impl)
         self.cls = BertPreTrainingHeads(config)
+        self.masked_lm = BertMLMLoss(fused=fused_mlm_loss)
         self.init_weights()
 
     def tie_weights(self) -> None:
@@ -353,30 +434,36 @@ class BertForPreTraining(BertPreTrainedModel):
         hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                                       output_hidden_states)
         ops = self.bert._ops(hidden.device)
-        pooled = self.bert.pooler(layout.first_tokens(hidden))
-        nsp_logits = self.cls.seq_relationship(pooled)
-        mlm_logits = layout.unpack(self.cls.predictions(hidden, ops))
-        mlm_loss = masked_lm_loss(mlm_logits, labels) if labels is not None else None
-        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1)) \
-            if next_sentence_label is not None else None
+        nsp_logits = self.cls.seq_relationship(self.bert.pooler(layout.first_tokens(hidden)))
+        if labels is None:
+            mlm_loss, mlm_logits = None, layout.unpack(self.cls.predictions(hidden, ops))
+        else:
+            mlm_loss, mlm_logits = self.masked_lm(self.cls.predictions, hidden, labels, layout, ops)
+        nsp_loss = None
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
         return PreTrainingOutput(
             loss=sum(losses) if losses else None,
             prediction_logits=mlm_logits,
             seq_relationship_logits=nsp_logits,
-            hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
+            hidden_states=_stack_hidden(layout, all_hidden),
             mlm_loss=mlm_loss,
             nsp_loss=nsp_loss,
         )
 
 
 class BertForMaskedLM(BertPreTrainedModel):
+    """BERT with the masked-LM head. Logits follow BertForPreTraining's rule: all positions without labels,
+    labelled positions only with them."""
+
     tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
-    def __init__(self, config: BertConfig, impl: str = "auto"):
+    def __init__(self, config: BertConfig, impl: str = "auto", fused_mlm_loss: bool = False):
         super().__init__(config, impl)
         self.bert = BertModel(config, add_pooling_layer=False, impl=impl)
         self.cls = BertOnlyMLMHead(config)
+        self.masked_lm = BertMLMLoss(fused=fused_mlm_loss)
         self.init_weights()
 
     def tie_weights(self) -> None:
@@ -386,9 +473,9 @@ class BertForMaskedLM(BertPreTrainedModel):
                 output_hidden_states: bool = False) -> MaskedLMOutput:
         hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                                       output_hidden_states)
-        logits = layout.unpack(self.cls(hidden, self.bert._ops(hidden.device)))
-        return MaskedLMOutput(
-            loss=masked_lm_loss(logits, labels) if labels is not None else None,
-            logits=logits,
-            hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
-        )
+        ops = self.bert._ops(hidden.device)
+        if labels is None:
+            loss, logits = None, layout.unpack(self.cls(hidden, ops))
+        else:
+            loss, logits = self.masked_lm(self.cls.predictions, hidden, labels, layout, ops)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=_stack_hidden(layout, all_hidden))

@@ -96,7 +96,11 @@ def padded_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len:
 
 
 def packed_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device) -> PackedLayout:
-    """Find the real tokens once; every layer then runs on them alone."""
+    """Find the real tokens once; every layer then runs on them alone.
+
+    max_seqlen is the padded width, an upper bound of every length, so no device-to-host sync is needed for it
+    (kernels skip the blocks past a sequence's end).
+    """
     if attention_mask is None:
         cu_seqlens = torch.arange(0, (batch_size + 1) * seq_len, seq_len, dtype=torch.int32, device=device)
         return PackedLayout(None, cu_seqlens, seq_len, batch_size, seq_len)
@@ -104,8 +108,20 @@ def packed_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len:
     lengths = mask.sum(dim=1, dtype=torch.int32)
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
     indices = mask.flatten().nonzero().flatten()
-    max_seqlen = int(lengths.max().item()) if batch_size else 0
-    return PackedLayout(indices, cu_seqlens, max_seqlen, batch_size, seq_len)
+    return PackedLayout(indices, cu_seqlens, seq_len, batch_size, seq_len)
+
+
+class PrepackedLayout(PackedLayout):
+    """Inputs that arrive packed already (tokens,), with their cu_seqlens: nothing to pack or unpack."""
+
+    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int):
+        super().__init__(None, cu_seqlens, max_seqlen, cu_seqlens.shape[0] - 1, max_seqlen)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 # --- implementations -------------------------------------------------------------------------------------

@@ -32,12 +32,16 @@ class BertModelOutput(_TupleLike):
     last_hidden_state: torch.Tensor  # (batch, seq, hidden); zeros at padded positions on the packed path
     pooler_output: torch.Tensor | None = None  # (batch, hidden)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + one per layer
+    # Packed outputs only (return_packed=True / forward_packed): sequence offsets and the flat positions of
+    # the real tokens in (batch * seq).
+    cu_seqlens: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
 
 
 @dataclass
 class PreTrainingOutput(_TupleLike):
     loss: torch.Tensor | None = None  # mlm_loss + nsp_loss
-    prediction_logits: torch.Tensor | None = None  # (batch, seq, vocab)
+    prediction_logits: torch.Tensor | None = None  # (batch, seq, vocab); (labelled positions, vocab) with labels
     seq_relationship_logits: torch.Tensor | None = None  # (batch, 2)
     hidden_states: tuple[torch.Tensor, ...] | None = None
     mlm_loss: torch.Tensor | None = None
@@ -47,5 +51,5 @@ class PreTrainingOutput(_TupleLike):
 @dataclass
 class MaskedLMOutput(_TupleLike):
     loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # (batch, seq, vocab)
+    logits: torch.Tensor | None = None  # (batch, seq, vocab); (labelled positions, vocab) with labels
     hidden_states: tuple[torch.Tensor, ...] | None = None

@@ -12,3 +12,7 @@ __all__ = [
     "padded_attention_ref",
     "varlen_attention_ref",
 ]
+
+from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "linear_cross_entropy_ref"]
