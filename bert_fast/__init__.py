@@ -8,6 +8,7 @@ from .checkpoint import CheckpointError
 from .config import BertConfig, ConfigError
 from .inputs import InputError
 from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
+from .patch import is_patched, patch, unpatch
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 from .tokenizer import BertTokenizer, TokenizerError
 
@@ -27,4 +28,7 @@ __all__ = [
     "MaskedLMOutput",
     "PreTrainingOutput",
     "TokenizerError",
+    "is_patched",
+    "patch",
+    "unpatch",
 ]

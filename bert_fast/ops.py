@@ -81,7 +81,10 @@ class PackedLayout:
         return out.reshape(self.batch_size, self.seq_len, *x.shape[1:])
 
     def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(0, self.cu_seqlens[:-1].long())  # (batch, hidden); every sequence keeps its [CLS]
+        # (batch, hidden): every sequence keeps its [CLS]. An empty sequence at the very end has no first token;
+        # the clamp keeps the gather in bounds (its row is meaningless, as a fully padded row's is).
+        starts = self.cu_seqlens[:-1].long().clamp(max=max(x.shape[0] - 1, 0))
+        return x.index_select(0, starts)
 
     def attention(self, ops: "Ops", qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         # qkv: (tokens, 3, heads, head_dim)

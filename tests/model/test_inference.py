@@ -1,0 +1,69 @@
+"""Bucketed packing for CUDA-graph inference: the static layout gives the same numbers as a plain forward."""
+
+import pytest
+import torch
+
+import bert_fast
+from bert_fast.inference import GraphedEncoder, bucket_for, pack_for_bucket
+from tests.model.conftest import random_batch, tiny_config
+
+
+def test_buckets():
+    assert bucket_for([16]) == bucket_for([64])  # one graph serves every length up to the width
+    b = bucket_for([100, 3, 64])
+    assert (b.batch, b.width, b.tokens, b.slots) == (4, 128, 256, 6)
+    assert bucket_for([1]).tokens == 64
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("lengths", [[11], [23, 1, 7], [40, 40, 40]])
+def test_packed_bucket_matches_forward(impl, lengths):
+    config = tiny_config(max_position_embeddings=128)
+    model = bert_fast.BertModel(config, impl=impl).eval()
+    batch = random_batch(config, batch=len(lengths), seq=max(lengths), lengths=lengths)
+    bucket = bucket_for(lengths, width_multiple=16, min_tokens=32)
+    packed = pack_for_bucket(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], bucket,
+                             config.pad_token_id)
+    assert packed.input_ids.shape == (bucket.tokens,) and packed.cu_seqlens.shape == (bucket.slots + 1,)
+    assert int(packed.cu_seqlens[-1]) == bucket.tokens and (packed.cu_seqlens.diff() <= bucket.width).all()
+    with torch.no_grad():
+        out = model.forward_packed(packed.input_ids, packed.cu_seqlens, bucket.width, packed.token_type_ids,
+                                   packed.position_ids)
+        ref = model(**batch)
+    real = batch["attention_mask"].bool()
+    n = int(real.sum())
+    assert (out.last_hidden_state[:n] - ref.last_hidden_state[real]).abs().max() <= 1e-5
+    assert (out.pooler_output[:len(lengths)] - ref.pooler_output).abs().max() <= 1e-5
+
+
+def test_forward_packed_validates():
+    model = bert_fast.BertModel(tiny_config())
+    ids = torch.randint(0, 97, (10,))
+    with pytest.raises(bert_fast.InputError, match="cu_seqlens must be int32"):
+        model.forward_packed(ids, torch.tensor([0, 10]), 10)
+    with pytest.raises(bert_fast.InputError, match="rise from 0 to the 10 tokens"):
+        model.forward_packed(ids, torch.tensor([0, 4, 9], dtype=torch.int32), 10)
+    with pytest.raises(bert_fast.InputError, match="more than max_seqlen=5"):
+        model.forward_packed(ids, torch.tensor([0, 4, 10], dtype=torch.int32), 5)
+
+
+def test_graphs_need_cuda():
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        GraphedEncoder(bert_fast.BertModel(tiny_config()))
+
+
+@pytest.mark.gpu
+def test_graph_replay_matches_forward():
+    config = tiny_config(max_position_embeddings=128)
+    model = bert_fast.BertModel(config, impl="triton").cuda().eval()
+    graphed = GraphedEncoder(model)
+    for lengths in ([16], [5, 60, 33], [16]):
+        batch = {k: v.cuda() for k, v in random_batch(config, batch=len(lengths), seq=max(lengths),
+                                                      lengths=lengths).items()}
+        out = graphed(**batch)
+        with torch.no_grad():
+            ref = model(**batch)
+        real = batch["attention_mask"].bool()
+        assert (out.last_hidden_state[real] - ref.last_hidden_state[real]).abs().max() <= 1e-4
+        assert (out.pooler_output - ref.pooler_output).abs().max() <= 1e-4
+    assert len(graphed.graphs) == 2
