@@ -13,6 +13,7 @@ import sys
 # (subcommand, module under bert_fast.commands, one-line help)
 COMMANDS = [
     ("encode", "encode", "embed texts with a BERT checkpoint (cls or mean pooling), print or save .npy"),
+    ("bench", "bench", "end-to-end speed against Hugging Face transformers (CUDA)"),
 ]
 
 

@@ -192,9 +192,10 @@ class BertPreTrainedModel(nn.Module):
 
     def _ops(self, device: torch.device) -> ops_lib.Ops:
         ops = ops_lib.resolve(self.impl, device)
-        if self.impl == "auto" and ops.name != self._resolved_impl:
-            logger.info("bert_fast: impl='auto' uses %s on %s", ops.name, device.type)
-        self._resolved_impl = ops.name
+        if ops.name != self._resolved_impl and not torch.compiler.is_compiling():
+            if self.impl == "auto":
+                logger.info("bert_fast: impl='auto' uses %s on %s", ops.name, device.type)
+            self._resolved_impl = ops.name
         return ops
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -190,7 +190,7 @@ def _build_triton_ops() -> Ops:
         ),
         packed=True,
     )
-    if missing:
+    if missing and not torch.compiler.is_compiling():
         logger.warning("bert_fast: impl='triton' runs the PyTorch reference for %s (no kernel yet)", ", ".join(missing))
     return ops
 

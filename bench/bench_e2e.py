@@ -1,0 +1,55 @@
+"""End-to-end benchmark: bert_fast vs Hugging Face eager / sdpa / torch.compile, BERT-base and BERT-large.
+
+Run on one CUDA GPU:  python -m bench.bench_e2e [--quick]
+Rows (with GPU, versions, git sha, date) append to bench/results/e2e.jsonl; the ratio table goes to
+bench/results/e2e.md and a bar chart to bench/results/e2e.png. The workloads and the units are defined in
+bert_fast/benchmark.py (tokens/s counts real tokens only).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.common import RESULTS_DIR, format_table, save_rows
+from bert_fast import benchmark
+
+
+def plot(table: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["workload"]) for r in table})
+    providers = [p for p in benchmark.PROVIDERS if any(r["provider"] == p for r in table)]
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(groups)), 4.5))
+    width = 0.8 / len(providers)
+    for i, provider in enumerate(providers):
+        values = [next((r["x hf-sdpa"] or 0 for r in table if (r["model"], r["workload"]) == g
+                        and r["provider"] == provider), 0) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], values, width, label=provider)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels([f"{m}\n{w}" for m, w in groups], fontsize=7)
+    ax.set_ylabel("real tokens/s vs HF sdpa")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="base only, fewer iterations")
+    args = parser.parse_args()
+    sizes = ("base",) if args.quick else ("base", "large")
+    rows = benchmark.run(sizes, iters=5 if args.quick else 20, warmup=2 if args.quick else 5)
+    save_rows("e2e", rows)
+    table = benchmark.ratio_table(rows)
+    text = format_table(table, ["model", "workload", "provider", "tok/s", "ms", "GiB", "x hf-sdpa"])
+    (RESULTS_DIR / "e2e.md").write_text(text + "\n")
+    plot(table, RESULTS_DIR / "e2e.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""End-to-end benchmark: bert_fast against Hugging Face transformers, measured in the same run.
+
+Workloads (bf16 on CUDA; real tokens counted, padding never):
+- inference: B256 x S128 all full; B64 x S512 with lengths uniform(64..512);
+- training step (MLM + NSP, 15% of real tokens labelled, AdamW fused, autocast bf16): B256 x S128 all full;
+  B32 x S512 ragged;
+- small-batch latency: B1 x S16 and B1 x S128 (ours also through CUDA graphs).
+Providers: ours (impl="triton"), HF eager, HF sdpa, torch.compile(HF sdpa). Every provider gets the same
+weights. Time is the median of CUDA-event-timed iterations after warm-up; peak memory is torch's allocator peak.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from .config import BertConfig
+from .inference import GraphedEncoder
+from .modeling import BertForPreTraining, BertModel
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    mode: str  # "inference" | "train" | "latency"
+    batch: int
+    seq: int
+    ragged: bool  # lengths uniform(seq/8 .. seq) instead of all full
+
+
+WORKLOADS = [
+    Workload("infer-B256-S128", "inference", 256, 128, False),
+    Workload("infer-B64-S512-ragged", "inference", 64, 512, True),
+    Workload("train-B256-S128", "train", 256, 128, False),
+    Workload("train-B32-S512-ragged", "train", 32, 512, True),
+    Workload("latency-B1-S16", "latency", 1, 16, False),
+    Workload("latency-B1-S128", "latency", 1, 128, False),
+]
+PROVIDERS = ["bert_fast", "bert_fast+graphs", "hf-eager", "hf-sdpa", "hf-sdpa+compile"]
+
+
+def make_batch(workload: Workload, vocab_size: int, device, generator: torch.Generator) -> dict:
+    b, s = workload.batch, workload.seq
+    if workload.ragged:
+        lengths = torch.randint(max(2, s // 8), s + 1, (b,), generator=generator)
+    else:
+        lengths = torch.full((b,), s)
+    mask = torch.arange(s)[None, :] < lengths[:, None]
+    ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (b, s), generator=generator).masked_fill(~mask, 0)
+    types = ((torch.arange(s)[None, :] >= (lengths[:, None] // 2)) & mask).long()
+    batch = {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": types}
+    if workload.mode == "train":
+        chosen = (torch.rand(b, s, generator=generator) < 0.15) & mask
+        batch["labels"] = torch.where(chosen, ids, -100)
+        batch["next_sentence_label"] = torch.randint(0, 2, (b,), generator=generator)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _hf_model(config: BertConfig, mode: str, attn: str):
+    import transformers
+
+    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+    hf_config._attn_implementation = attn
+    cls = transformers.BertForPreTraining if mode == "train" else transformers.BertModel
+    return cls(hf_config)
+
+
+def build(provider: str, config: BertConfig, mode: str, state: dict, device):
+    """A model for one provider with the shared weights, ready for the workload's mode."""
+    train = mode == "train"
+    if not train:  # the bare encoder's keys
+        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+    if provider.startswith("bert_fast"):
+        model = (BertForPreTraining if train else BertModel)(config, impl="triton")
+    else:
+        model = _hf_model(config, mode, "eager" if provider == "hf-eager" else "sdpa")
+    model.load_state_dict(state, strict=True)
+    model = model.to(device)
+    if not train:
+        model = model.to(torch.bfloat16)
+    model.train(train)
+    if provider == "hf-sdpa+compile":
+        model = torch.compile(model)
+    if provider == "bert_fast+graphs":
+        model = GraphedEncoder(model)
+    return model
+
+
+def step_fn(model, batch: dict, mode: str, optimizer=None):
+    if mode != "train":
+        call_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+        def infer():
+            with torch.inference_mode():
+                return model(**call_batch)
+
+        return infer
+
+    def train_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return train_step
+
+
+def time_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def run_one(provider: str, workload: Workload, config: BertConfig, state: dict, batch: dict, warmup: int,
+            iters: int) -> dict:
+    device = batch["input_ids"].device
+    if provider == "bert_fast+graphs" and workload.mode != "latency":
+        return {}
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = build(provider, config, workload.mode, state, device)
+    optimizer = None
+    if workload.mode == "train":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    fn = step_fn(model, batch, workload.mode, optimizer)
+    ms = time_ms(fn, warmup, iters)
+    real_tokens = int(batch["attention_mask"].sum())
+    row = {"workload": workload.name, "provider": provider, "mode": workload.mode, "batch": workload.batch,
+           "seq": workload.seq, "ragged": workload.ragged, "real_tokens": real_tokens, "ms": ms,
+           "tokens_per_s": real_tokens / (ms / 1e3), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+    del model, optimizer, fn
+    return row
+
+
+def run(sizes=("base", "large"), workloads=None, providers=None, warmup: int = 5, iters: int = 20, seed: int = 0,
+        log=print) -> list[dict]:
+    if not torch.cuda.is_available():
+        raise RuntimeError("the end-to-end benchmark needs a CUDA device")
+    device = torch.device("cuda")
+    rows = []
+    for size in sizes:
+        config = BertConfig.preset(size)
+        torch.manual_seed(seed)
+        state = BertForPreTraining(config, impl="reference").state_dict()
+        for workload in workloads or WORKLOADS:
+            generator = torch.Generator().manual_seed(seed)
+            batch = make_batch(workload, config.vocab_size, device, generator)
+            for provider in providers or PROVIDERS:
+                try:
+                    row = run_one(provider, workload, config, state, batch, warmup, iters)
+                except torch.cuda.OutOfMemoryError:
+                    row = {"workload": workload.name, "provider": provider, "error": "out of memory"}
+                if row:
+                    row["model"] = size
+                    rows.append(row)
+                    log(f"{size:5s} {workload.name:24s} {provider:18s} "
+                        + (f"{row['tokens_per_s'] / 1e3:9.1f}k tok/s  {row['ms']:8.2f} ms  "
+                           f"{row['peak_mem_gib']:6.2f} GiB" if "ms" in row else row["error"]))
+    return rows
+
+
+def ratio_table(rows: list[dict], peer: str = "hf-sdpa") -> list[dict]:
+    """Per (model, workload): every provider's tokens/s and its ratio to the peer."""
+    table = []
+    keys = sorted({(r["model"], r["workload"]) for r in rows if "ms" in r})
+    for model, workload in keys:
+        group = {r["provider"]: r for r in rows if r.get("model") == model and r["workload"] == workload and "ms" in r}
+        base = group.get(peer)
+        for provider, r in group.items():
+            table.append({"model": model, "workload": workload, "provider": provider,
+                          "tok/s": r["tokens_per_s"], "ms": r["ms"], "GiB": r["peak_mem_gib"],
+                          f"x {peer}": r["tokens_per_s"] / base["tokens_per_s"] if base else None})
+    return table
