@@ -86,3 +86,19 @@ def test_convergence_30_steps_fp32():
     ref, out = torch.tensor(losses[id(reference)]), torch.tensor(losses[id(fast)])
     assert ref[-5:].mean() < ref[:5].mean()  # it learns
     assert ((out - ref).abs() / ref).max() <= 1e-3, list(zip(ref.tolist(), out.tolist()))
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_fully_padded_row_changes_nothing_else(impl):
+    config = tiny_config()
+    model = bert_fast.BertModel(config, impl=impl).eval()
+    batch = random_batch(config, batch=3, seq=10, lengths=[10, 4, 7])
+    padded = {k: v.clone() for k, v in batch.items()}
+    padded["attention_mask"][1] = 0
+    with torch.no_grad():
+        out = model(**padded)
+        ref = model(**{k: v[[0, 2]] for k, v in batch.items()})
+    assert torch.isfinite(out.last_hidden_state).all() and torch.isfinite(out.pooler_output).all()
+    keep = padded["attention_mask"][[0, 2]].bool()
+    assert (out.last_hidden_state[[0, 2]][keep] - ref.last_hidden_state[keep]).abs().max() <= 1e-5
+    assert (out.pooler_output[[0, 2]] - ref.pooler_output).abs().max() <= 1e-5
