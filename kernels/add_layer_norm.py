@@ -197,13 +197,12 @@ def _add_layer_norm_bwd_kernel(
         if DXB_SLOT >= 0:
             dxb_acc += tl.where(mask, dx, 0.0)
 
-    part = PART + pid * n_cols + cols
     if DW_SLOT >= 0:
-        tl.store(part + DW_SLOT * n_programs * n_cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+        tl.store(PART + (DW_SLOT * n_programs + pid) * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
     if DB_SLOT >= 0:
-        tl.store(part + DB_SLOT * n_programs * n_cols, tl.sum(db_acc, axis=0), mask=col_ok)
+        tl.store(PART + (DB_SLOT * n_programs + pid) * n_cols + cols, tl.sum(db_acc, axis=0), mask=col_ok)
     if DXB_SLOT >= 0:
-        tl.store(part + DXB_SLOT * n_programs * n_cols, tl.sum(dxb_acc, axis=0), mask=col_ok)
+        tl.store(PART + (DXB_SLOT * n_programs + pid) * n_cols + cols, tl.sum(dxb_acc, axis=0), mask=col_ok)
 
 
 @triton.jit(do_not_specialize=["seed", "threshold"])
@@ -238,10 +237,12 @@ def _fwd_config(n_cols: int) -> tuple[int, int, int]:
 
 
 def _bwd_config(n_cols: int) -> tuple[int, int, int]:
-    """Backward tiles hold ~4096 elements (several rows per loop step below 4096 columns)."""
+    """Backward tiles of at least 2048 elements (2 rows a loop step at hidden 768/1024), ~8 values a thread:
+    the loop body keeps ~9 fp32 values an element live (three of them accumulators), so this stays near 100
+    registers a thread and two 8-warp programs fit on an SM."""
     bn = block_n(n_cols)
-    rows = max(1, 4096 // bn)
-    return bn, rows, warps_for(bn * rows)
+    rows = max(1, 2048 // bn)
+    return bn, rows, min(16, max(4, bn * rows // 256))
 
 
 def _dropout_args(dropout_p: float, seed: int | None) -> tuple[int, int, float]:
@@ -385,7 +386,7 @@ def add_layer_norm_bwd_raw(
     if programs:
         _add_layer_norm_bwd_kernel[(programs,)](
             dy2, dro2, x2, res2, weight, x_bias, mean, rstd,
-            dx, dres, part,
+            dx, dres, part if slots else None,
             n_rows, n_cols, dy2.stride(0), row_stride(dro2), x2.stride(0), row_stride(res2), n_cols, n_cols,
             seed_, threshold, scale,
             HAS_RESIDUAL=res2 is not None, HAS_XBIAS=x_bias is not None, HAS_DROPOUT=dropout_p > 0.0,

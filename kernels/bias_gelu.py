@@ -194,13 +194,12 @@ def bias_gelu_bwd(
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     bm, bn, warps = _config(n_rows, n_cols)
     n_col_blocks = triton.cdiv(n_cols, bn)
-    # the loop body is light, so ~32 resident warps an SM, shared among the column blocks
     n_tiles = triton.cdiv(n_rows, bm)
-    programs = persistent_programs(x.device, n_tiles, warps, resident_warps=32, parallel=n_col_blocks) if n_rows else 0
+    programs = persistent_programs(x.device, n_tiles, warps, parallel=n_col_blocks) if n_rows else 0
     part = torch.empty((programs if need_dbias else 0, n_cols), dtype=torch.float32, device=x.device)
     if programs:
         _bias_gelu_bwd_kernel[(programs, n_col_blocks)](
-            dy2, x2, bias, dx, part, n_rows, n_cols, dy2.stride(0), x2.stride(0), n_cols,
+            dy2, x2, bias, dx, part if need_dbias else None, n_rows, n_cols, dy2.stride(0), x2.stride(0), n_cols,
             HAS_BIAS=bias is not None, COMPUTE_DBIAS=need_dbias, APPROX_TANH=approximate == "tanh",
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
         )  # fmt: skip

@@ -109,7 +109,11 @@ def test_dropout_matches_reference_with_regenerated_mask(dtype, n):
 def test_mixed_precision_parameters():
     """float32 LayerNorm weight/bias and x_bias with float16 activations (autocast): grads in their own dtypes."""
     shape = (4, 3, 96)
-    check_three_way(make_inputs(shape, torch.float16, param_dtype=torch.float32), torch.randn(shape).half())
+    inputs = make_inputs(shape, torch.float16, param_dtype=torch.float32)
+    check_three_way(inputs, torch.randn(shape).half())
+    # a float32 residual with float16 x: dresidual in float32, written apart from dx although p = 0
+    inputs["residual"] = torch.randn(shape)
+    check_three_way(inputs, torch.randn(shape).half())
 
 
 def test_non_contiguous_inputs():
@@ -268,6 +272,18 @@ def test_torch_compile_fullgraph():
     for name in grads_e:
         assert torch.equal(grads_c[name], grads_e[name]), name
 
+    # seed=None: the seed is drawn inside the graph, fresh on every call, reproducible under torch.manual_seed
+    def drop(x, weight):
+        return add_layer_norm(x, None, weight, None, dropout_p=0.5)
+
+    compiled = torch.compile(drop, fullgraph=True, backend="aot_eager")
+    x, w = inputs["x"], inputs["weight"]
+    assert not torch.equal(compiled(x, w), compiled(x, w))
+    torch.manual_seed(1)
+    first = compiled(x, w)
+    torch.manual_seed(1)
+    assert torch.equal(compiled(x, w), first)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # GPU
@@ -325,5 +341,7 @@ def test_gpu_torch_compile_inductor():
     dy = torch.randn(512, 768, device="cuda").bfloat16()
     out_c, grads_c = run(torch.compile(block, fullgraph=True), leaves(inputs), dy)
     out_e, grads_e = run(block, leaves(inputs), dy)
+    drop = torch.compile(lambda x, w: add_layer_norm(x, None, w, None, dropout_p=0.1), fullgraph=True)
+    assert not torch.equal(drop(inputs["x"], inputs["weight"]), drop(inputs["x"], inputs["weight"]))  # fresh seeds
     for a, b in zip([out_c, *grads_c.values()], [out_e, *grads_e.values()]):  # compiled code may round differently
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
