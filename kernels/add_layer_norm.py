@@ -156,24 +156,48 @@ def _add_layer_norm_bwd_kernel(
     db_acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     dxb_acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
 
+    # Software pipelining by hand: each step issues the loads of the program's next tile before the math of this
+    # one, so a tile is always in flight (Triton pipelines loops around tl.dot, not this one).
+    rows0 = pid * ROWS + tl.arange(0, ROWS)
+    mask0 = (rows0 < n_rows)[:, None] & col_ok[None, :]
+    r64_0 = rows0.to(tl.int64)[:, None]
+    dy_next = tl.load(DY + r64_0 * stride_dy + cols[None, :], mask=mask0, other=0.0)
+    x_next = tl.load(X + r64_0 * stride_x + cols[None, :], mask=mask0, other=0.0)
+    if HAS_RESIDUAL:
+        res_next = tl.load(RES + r64_0 * stride_res + cols[None, :], mask=mask0, other=0.0)
+    mean_next = tl.load(MEAN + rows0, mask=rows0 < n_rows, other=0.0)
+    rstd_next = tl.load(RSTD + rows0, mask=rows0 < n_rows, other=0.0)
+
     for tile in range(pid, tl.cdiv(n_rows, ROWS), n_programs):
         rows = tile * ROWS + tl.arange(0, ROWS)
         row_ok = rows < n_rows
         mask = row_ok[:, None] & col_ok[None, :]
         r64 = rows.to(tl.int64)[:, None]
+        dy = dy_next.to(tl.float32)
+        h = x_next.to(tl.float32)
+        if HAS_RESIDUAL:
+            res = res_next.to(tl.float32)
+        mean = mean_next
+        rstd = rstd_next
 
-        dy = tl.load(DY + r64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rows_n = rows + n_programs * ROWS  # this program's next tile (all masked off after the last)
+        mask_n = (rows_n < n_rows)[:, None] & col_ok[None, :]
+        r64_n = rows_n.to(tl.int64)[:, None]
+        dy_next = tl.load(DY + r64_n * stride_dy + cols[None, :], mask=mask_n, other=0.0)
+        x_next = tl.load(X + r64_n * stride_x + cols[None, :], mask=mask_n, other=0.0)
+        if HAS_RESIDUAL:
+            res_next = tl.load(RES + r64_n * stride_res + cols[None, :], mask=mask_n, other=0.0)
+        mean_next = tl.load(MEAN + rows_n, mask=rows_n < n_rows, other=0.0)
+        rstd_next = tl.load(RSTD + rows_n, mask=rows_n < n_rows, other=0.0)
+
         # recompute h exactly as the forward did (same fp32 operations, same mask)
-        h = tl.load(X + r64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_XBIAS:
             h += xb
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, rows, threshold, ROWS, BLOCK_N)
             h = tl.where(keep, h * scale, 0.0)
         if HAS_RESIDUAL:
-            h += tl.load(RES + r64 * stride_res + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+            h += res
 
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
         wdy = w * dy

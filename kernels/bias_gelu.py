@@ -111,12 +111,23 @@ def _bias_gelu_bwd_kernel(
     if HAS_BIAS:
         bias = tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Software pipelining by hand: the loads of the next tile are issued before the math of this one.
+    rows0 = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask0 = (rows0 < n_rows)[:, None] & col_ok[None, :]
+    r64_0 = rows0.to(tl.int64)[:, None]
+    dy_next = tl.load(DY + r64_0 * stride_dy + cols[None, :], mask=mask0, other=0.0)
+    x_next = tl.load(X + r64_0 * stride_x + cols[None, :], mask=mask0, other=0.0)
     for tile in range(pid_m, tl.cdiv(n_rows, BLOCK_M), n_programs_m):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         mask = (rows < n_rows)[:, None] & col_ok[None, :]
         r64 = rows.to(tl.int64)[:, None]
-        dy = tl.load(DY + r64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        h = tl.load(X + r64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = dy_next.to(tl.float32)
+        h = x_next.to(tl.float32)
+        rows_n = rows + n_programs_m * BLOCK_M  # this program's next tile (all masked off after the last)
+        mask_n = (rows_n < n_rows)[:, None] & col_ok[None, :]
+        r64_n = rows_n.to(tl.int64)[:, None]
+        dy_next = tl.load(DY + r64_n * stride_dy + cols[None, :], mask=mask_n, other=0.0)
+        x_next = tl.load(X + r64_n * stride_x + cols[None, :], mask=mask_n, other=0.0)
         if HAS_BIAS:
             h += bias
         dx = dy * _gelu_grad(h, APPROX_TANH)  # zero where masked, since dy is
