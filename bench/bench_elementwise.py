@@ -23,6 +23,8 @@ per-column vectors (N s) and per-row statistics (8 M) are left out, < 0.2 % of t
     add_ln_drop  fwd       3 M N s    as add_ln (the mask is drawn in the kernel, not read)
                  bwd       5 M N s    read dy, x, residual; write dx and dresidual (they differ by the mask)
     fwd+bwd                fwd + bwd
+Other add_layer_norm variants (not benchmarked here): residual=None (plain LayerNorm) fwd 2, bwd 3 (dy, x -> dx);
+return_residual=True adds a write of h to the fwd (+1) and, when h has a gradient, a read of it to the bwd (+1).
 bwd times torch.autograd.grad on a retained graph: gradients for every input, parameters included.
 """
 

@@ -14,7 +14,9 @@ row, column), so the backward regenerates it exactly and `add_layer_norm_dropout
 With p = 0 the kernels are compiled without any RNG code.
 
 Saved for the backward: x, residual (inputs, no copies) and per-row mean and rstd (8 bytes a row); h is
-recomputed rather than written. Limits: hidden size (last dim) 1..16384, one row held in registers.
+recomputed rather than written. Without dropout dx and dresidual are one tensor (see grads_alias).
+Limits: hidden size (last dim) 1..16384, one row held in registers (tuned up to 8192; above, the backward
+spills registers: correct, slower). Rows: any number; any row stride; a strided last dim is copied first.
 """
 
 from __future__ import annotations
