@@ -4,10 +4,15 @@ Knows nothing of BERT. The references in `reference.py` are the specification; t
 within the tolerance rule of the tests (at most twice PyTorch's own error in the same dtype).
 """
 
+from .add_layer_norm import add_layer_norm, add_layer_norm_dropout_mask
+from .bias_gelu import bias_gelu
 from .reference import add_layer_norm_ref, bias_gelu_ref, padded_attention_ref, varlen_attention_ref
 
 __all__ = [
+    "add_layer_norm",
+    "add_layer_norm_dropout_mask",
     "add_layer_norm_ref",
+    "bias_gelu",
     "bias_gelu_ref",
     "padded_attention_ref",
     "varlen_attention_ref",
