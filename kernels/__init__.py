@@ -5,10 +5,24 @@ within the tolerance rule of the tests (at most twice PyTorch's own error in the
 """
 
 from .reference import add_layer_norm_ref, bias_gelu_ref, padded_attention_ref, varlen_attention_ref
+from .varlen_attention import (
+    check_cu_seqlens,
+    padded_attention,
+    padded_dropout_mask,
+    varlen_attention,
+    varlen_attention_qkvpacked,
+    varlen_dropout_mask,
+)
 
 __all__ = [
     "add_layer_norm_ref",
     "bias_gelu_ref",
+    "check_cu_seqlens",
+    "padded_attention",
     "padded_attention_ref",
+    "padded_dropout_mask",
+    "varlen_attention",
+    "varlen_attention_qkvpacked",
     "varlen_attention_ref",
+    "varlen_dropout_mask",
 ]
