@@ -7,6 +7,14 @@ within the tolerance rule of the tests (at most twice PyTorch's own error in the
 from .add_layer_norm import add_layer_norm, add_layer_norm_dropout_mask
 from .bias_gelu import bias_gelu
 from .reference import add_layer_norm_ref, bias_gelu_ref, padded_attention_ref, varlen_attention_ref
+from .varlen_attention import (
+    check_cu_seqlens,
+    padded_attention,
+    padded_dropout_mask,
+    varlen_attention,
+    varlen_attention_qkvpacked,
+    varlen_dropout_mask,
+)
 
 __all__ = [
     "add_layer_norm",
@@ -14,8 +22,14 @@ __all__ = [
     "add_layer_norm_ref",
     "bias_gelu",
     "bias_gelu_ref",
+    "check_cu_seqlens",
+    "padded_attention",
     "padded_attention_ref",
+    "padded_dropout_mask",
+    "varlen_attention",
+    "varlen_attention_qkvpacked",
     "varlen_attention_ref",
+    "varlen_dropout_mask",
 ]
 
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref  # noqa: E402
