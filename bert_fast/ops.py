@@ -13,6 +13,7 @@ bundles the functions of one implementation and how it lays a batch out:
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -170,12 +171,29 @@ REFERENCE = Ops(
 )
 
 
-def _kernel_or_reference(name: str, reference: Callable, missing: list[str]) -> Callable:
+def _kernel_or_reference(name: str, reference: Callable, missing: list[str], **fixed) -> Callable:
     kernel = getattr(K, name, None)
     if kernel is None:
         missing.append(name)
         return reference
-    return kernel
+    return functools.partial(kernel, **fixed) if fixed else kernel
+
+
+def _attention_for_head_dims(kernel: Callable, reference: Callable) -> Callable:
+    """The attention kernel serves the head dims it was built for; others take the reference (and say so once)."""
+    warned: set[int] = set()
+
+    def call(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None):
+        head_dim = qkv.shape[-1]
+        if head_dim in K.ATTENTION_HEAD_DIMS:
+            return kernel(qkv, cu_seqlens, max_seqlen, dropout_p=dropout_p, softmax_scale=softmax_scale)
+        if head_dim not in warned and not torch.compiler.is_compiling():
+            warned.add(head_dim)
+            logger.warning("bert_fast: head_dim %d has no attention kernel (%s); using the PyTorch reference",
+                           head_dim, K.ATTENTION_HEAD_DIMS)
+        return reference(qkv, cu_seqlens, max_seqlen, dropout_p=dropout_p, softmax_scale=softmax_scale)
+
+    return call
 
 
 def _build_triton_ops() -> Ops:
@@ -185,8 +203,12 @@ def _build_triton_ops() -> Ops:
         bias_gelu=_kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing),
         add_layer_norm=_kernel_or_reference("add_layer_norm", REFERENCE.add_layer_norm, missing),
         padded_attention=_kernel_or_reference("padded_attention", REFERENCE.padded_attention, missing),
-        varlen_attention_qkvpacked=_kernel_or_reference(
-            "varlen_attention_qkvpacked", REFERENCE.varlen_attention_qkvpacked, missing
+        # The layouts build cu_seqlens themselves (forward_packed validates what callers pass), so the per-call
+        # check, a device sync in every layer, is skipped.
+        varlen_attention_qkvpacked=_attention_for_head_dims(
+            _kernel_or_reference("varlen_attention_qkvpacked", REFERENCE.varlen_attention_qkvpacked, missing,
+                                 validate=False),
+            REFERENCE.varlen_attention_qkvpacked,
         ),
         packed=True,
     )

@@ -26,7 +26,7 @@ def hf_pair(config, hf_class, our_class):
 
 CONFIGS = {
     "tiny": tiny_config(),
-    "tiny-tanh-gelu": tiny_config(hidden_act="gelu_new", num_attention_heads=2),
+    "tiny-tanh-gelu": tiny_config(hidden_act="gelu_new", num_attention_heads=4),
     "base-width-2-layers": bert_fast.BertConfig.preset("base", num_hidden_layers=2, vocab_size=300,
                                                        max_position_embeddings=128),
 }

@@ -98,9 +98,10 @@ def test_nothing_to_patch():
 def test_sentence_transformers_round_trip(minilm_dir):
     st = pytest.importorskip("sentence_transformers")
     model = st.SentenceTransformer(str(minilm_dir), device="cpu")
-    before = model.encode(SENTENCES, convert_to_tensor=True)
+    sentences = [SENTENCES[2], SENTENCES[1]]  # short: the kernels run in Triton's interpreter here
+    before = model.encode(sentences, convert_to_tensor=True)
     bert_fast.patch(model, impl="triton")
-    after = model.encode(SENTENCES, convert_to_tensor=True)
+    after = model.encode(sentences, convert_to_tensor=True)
     assert (before - after).abs().max() <= TOL
     bert_fast.unpatch(model)
-    assert torch.equal(model.encode(SENTENCES, convert_to_tensor=True), before)
+    assert torch.equal(model.encode(sentences, convert_to_tensor=True), before)
