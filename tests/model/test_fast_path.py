@@ -104,3 +104,60 @@ def test_fully_padded_row_changes_nothing_else(impl):
     keep = padded["attention_mask"][[0, 2]].bool()
     assert (out.last_hidden_state[[0, 2]][keep] - ref.last_hidden_state[keep]).abs().max() <= 1e-5
     assert (out.pooler_output[[0, 2]] - ref.pooler_output).abs().max() <= 1e-5
+
+
+def _replay_ops():
+    """The reference functions, run packed, with the kernels' own dropout masks regenerated from the same seeds
+    (drawn from torch's generator in the same order as the kernels draw them)."""
+    import bert_fast_kernels as K
+    from bert_fast import ops
+    from bert_fast_kernels._common import draw_seed
+
+    def add_layer_norm(x, residual, weight, bias, eps, x_bias=None, dropout_p=0.0, return_residual=False):
+        mask = None
+        if dropout_p > 0.0:
+            rows = x.reshape(-1, x.shape[-1]).shape[0]
+            mask = K.add_layer_norm_dropout_mask(draw_seed(None), rows, x.shape[-1], dropout_p, x.device)
+            mask = mask.view(x.shape)
+        return K.add_layer_norm_ref(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p,
+                                    dropout_mask=mask, return_residual=return_residual)
+
+    def attention(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None):
+        mask = None
+        if dropout_p > 0.0:
+            mask = K.varlen_dropout_mask(draw_seed(None), cu_seqlens, qkv.shape[2], max_seqlen, dropout_p)
+        q, k, v = qkv.unbind(1)
+        return K.varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, dropout_mask=mask)
+
+    return ops.Ops("replay", ops.REFERENCE.bias_gelu, add_layer_norm, ops.REFERENCE.padded_attention, attention,
+                   packed=True)
+
+
+def test_dropout_matches_reference_with_the_kernels_masks(monkeypatch):
+    """Training with dropout 0.1 everywhere: the same loss and gradients when the reference replays the masks."""
+    from bert_fast import ops
+
+    config = tiny_config()
+    reference, fast = paired(bert_fast.BertForPreTraining, config)
+    reference.train()
+    fast.train()
+    batch = random_batch(config, batch=3, seq=13)
+    labels = torch.where(torch.rand(3, 13) < 0.4, batch["input_ids"], -100).masked_fill(
+        batch["attention_mask"] == 0, -100)
+    labels[0, 0] = batch["input_ids"][0, 0]
+    nsp = torch.tensor([1, 0, 1])
+
+    torch.manual_seed(1234)
+    out = fast(**batch, labels=labels, next_sentence_label=nsp)
+    replay = _replay_ops()
+    monkeypatch.setattr(ops, "resolve", lambda impl, device: replay)
+    torch.manual_seed(1234)
+    ref = reference(**batch, labels=labels, next_sentence_label=nsp)
+    assert abs(out.loss.item() - ref.loss.item()) <= TOL
+    torch.manual_seed(99)
+    different = reference(**batch, labels=labels, next_sentence_label=nsp)
+    assert abs(different.loss.item() - ref.loss.item()) > 1e-4  # the dropout is really on
+    ref.loss.backward()
+    out.loss.backward()
+    for (name, a), (_, b) in zip(reference.named_parameters(), fast.named_parameters()):
+        assert (a.grad - b.grad).abs().max() <= TOL, name
