@@ -161,3 +161,23 @@ def test_dropout_matches_reference_with_the_kernels_masks(monkeypatch):
     out.loss.backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), fast.named_parameters()):
         assert (a.grad - b.grad).abs().max() <= TOL, name
+
+
+def test_torch_compile_fullgraph_through_the_kernels():
+    """The fused path traces as one graph: custom ops with fake implementations, no host syncs in the layers."""
+    torch._dynamo.reset()
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = bert_fast.BertForPreTraining(config, impl="triton").train()
+    batch = random_batch(config)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    nsp = torch.tensor([0, 1, 0])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    loss = compiled(**batch, labels=labels, next_sentence_label=nsp).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    eager = model(**batch, labels=labels, next_sentence_label=nsp).loss
+    eager.backward()
+    assert abs(loss.item() - eager.item()) <= 1e-5
+    for name, p in model.named_parameters():
+        assert (grads[name] - p.grad).abs().max() <= 1e-5, name
