@@ -86,9 +86,9 @@ def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, 
 class BertSelfOutput(nn.Module):
     """Output projection, then bias + dropout + residual + LayerNorm in one step."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, in_features: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -122,11 +122,10 @@ class BertIntermediate(nn.Module):
 
 
 class BertOutput(BertSelfOutput):
+    """The feed-forward block's down projection and post-LN step (the same computation from the wider input)."""
+
     def __init__(self, config: BertConfig):
-        nn.Module.__init__(self)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class BertLayer(nn.Module):
