@@ -1,7 +1,7 @@
 """`bert-fast pretrain`: MLM + NSP pretraining, from a config file and flags, or on the embedded default.
 
 With no arguments: a WordPiece vocabulary (8k) and examples (seq len 128) from the Wikipedia sample in gensim's
-wheel, then a BERT-mini for 300 steps; a few minutes on a 2-core CPU, bf16 and our kernels on a GPU. The same
+wheel, then a BERT-tiny for 300 steps; a few minutes on a 2-core CPU, bf16 and our kernels on a GPU. The same
 command runs data-parallel under `torchrun --nproc_per_node N`.
 """
 
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--corpus", nargs="+", metavar="PATH",
                         help="text files or folders (one sentence per line, blank line between documents); "
                              "default: the Wikipedia sample in gensim's wheel")
-    parser.add_argument("--model", choices=list(PRESETS), help="model size (default mini)")
+    parser.add_argument("--model", choices=list(PRESETS), help="model size (default tiny)")
     parser.add_argument("--tokenizer", metavar="DIR", help="a tokenizer folder (default: train one on the corpus)")
     parser.add_argument("--vocab-size", type=int, help="size of a trained vocabulary (default 8192)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the examples (default 128)")

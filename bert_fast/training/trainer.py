@@ -345,7 +345,8 @@ class Pretrainer:
         progress = Progress(stop, step, enabled=t.progress and env.is_main)
         summary = {"run_dir": str(run_dir), "start_step": step, "device": str(device),
                    "precision": self.precision.mode, "impl": model.impl, "world_size": env.world_size,
-                   "model_size": config.model.size, "parameters": sum(p.numel() for p in model.parameters())}
+                   "model_size": config.model.size, "parameters": sum(p.numel() for p in model.parameters()),
+                   "stores": {str(p.seq_len): str(p.store) for p in phases}}
         first_loss = last_loss = None
         started, tokens_seen = time.perf_counter(), 0
         last_eval = {}

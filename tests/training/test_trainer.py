@@ -188,7 +188,7 @@ def test_cli_bad_input_is_a_clear_error(argv, message, tmp_path, cache_dir):
 def test_print_config_shows_the_embedded_default(capsys):
     assert main(["pretrain", "--print-config"]) == 0
     text = capsys.readouterr().out
-    assert 'size = "mini"' in text and "corpus = []" in text and "seq_len = 128" in text
+    assert 'size = "tiny"' in text and "corpus = []" in text and "seq_len = 128" in text
 
 
 def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
