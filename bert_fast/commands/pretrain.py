@@ -100,10 +100,8 @@ def run(args) -> int:
     if args.print_config:
         print(config.to_toml(), end="")
         return 0
-    if not args.verbose:
-        logging.getLogger("bert_fast").setLevel(logging.INFO)
-        logging.getLogger("bert_fast").addHandler(_stderr_handler())
-        logging.getLogger("bert_fast").propagate = False
+    if not args.verbose:  # what the run decides (caches, checkpoints) is worth a line even without -v
+        _log_info_to_stderr()
     try:
         summary = pretrain(config, resume=args.resume)
     except (CorpusError, DataError, TokenizerError, ResumeError, CheckpointError, CheckpointWriteError,
@@ -114,10 +112,15 @@ def run(args) -> int:
     return 0
 
 
-def _stderr_handler() -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    return handler
+def _log_info_to_stderr() -> None:
+    log = logging.getLogger("bert_fast")
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_bert_fast_pretrain", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._bert_fast_pretrain = True
+        log.addHandler(handler)
+        log.propagate = False
 
 
 def _is_main() -> bool:

@@ -129,25 +129,27 @@ class Pretrainer:
             return BertTokenizer.from_pretrained(saved)
         if data.tokenizer:
             return BertTokenizer.from_pretrained(data.tokenizer)
-        path = None
-        if self.env.is_main:
-            _, path = cached_tokenizer(data.corpus or None, data.vocab_size, data.lowercase, data.cache_dir or None,
-                                       data.split_sentences)
-        path = D.broadcast_object(path, self.env)
-        return BertTokenizer.from_pretrained(path)
+        tokenizer, _ = self._node_first(lambda: cached_tokenizer(
+            data.corpus or None, data.vocab_size, data.lowercase, data.cache_dir or None, data.split_sentences))
+        return tokenizer
+
+    def _node_first(self, build):
+        """Run a cached build on each node's first process, then on the others (which find it in the cache).
+        Nodes need not share a file system; where they do, concurrent builds write identical files atomically."""
+        result = build() if self.env.local_rank == 0 else None
+        D.barrier(self.env)
+        return result if self.env.local_rank == 0 else build()
 
     def _stores(self, phases: list[Phase], tokenizer: BertTokenizer) -> None:
         data = self.config.data
-        folders = {}
-        if self.env.is_main:
-            for seq_len in sorted({p.seq_len for p in phases}):
-                settings = ExampleSettings(seq_len, data.short_seq_prob, data.dupe_factor, data.eval_fraction,
-                                           data.shard_examples, self.config.train.seed)
-                folders[seq_len] = cached_store(data.corpus or None, tokenizer, settings, data.cache_dir or None,
-                                                data.split_sentences)
-        folders = D.broadcast_object(folders, self.env)
-        for p in phases:
-            p.store = folders[p.seq_len]
+        for seq_len in sorted({p.seq_len for p in phases}):
+            settings = ExampleSettings(seq_len, data.short_seq_prob, data.dupe_factor, data.eval_fraction,
+                                       data.shard_examples, self.config.train.seed)
+            folder = self._node_first(lambda s=settings: cached_store(
+                data.corpus or None, tokenizer, s, data.cache_dir or None, data.split_sentences))
+            for p in phases:
+                if p.seq_len == seq_len:
+                    p.store = folder
 
     def _build_model(self, tokenizer: BertTokenizer) -> BertForPreTraining:
         m = self.config.model
@@ -408,7 +410,7 @@ class Pretrainer:
                     sums.zero_()
                     interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
 
-                final = step == stop
+                final = step == stop or step == phase.end  # end of the run, or of a phase
                 if (t.eval_every and step % t.eval_every == 0) or final:
                     last_eval = self.evaluate(phase)
                     if last_eval:

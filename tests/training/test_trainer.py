@@ -202,3 +202,26 @@ def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
     with pytest.raises(SystemExit, match="is empty"):
         (tmp_path / "empty.txt").write_text("")
         main(["tokenizer", "train", "--corpus", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "t2")])
+
+
+def test_two_phases_lamb_and_whole_word_masking(tiny_config):
+    """Phase 1 at seq len 32, then phase 2 at 64 with a smaller batch; one schedule over both phases."""
+    tiny_config.data.seq_len = 32
+    tiny_config.data.whole_word_masking = True
+    tiny_config.train.optimizer = "lamb"
+    tiny_config.train.steps = 3
+    tiny_config.train.warmup_steps = 1
+    tiny_config.train.eval_every = 0
+    tiny_config.train.checkpoint_every = 0
+    tiny_config.phase2.steps = 2
+    tiny_config.phase2.seq_len = 64
+    tiny_config.phase2.batch_size = 4
+    summary = pretrain(tiny_config)
+    assert summary["end_step"] == 5 and summary["finished"]
+    train = [r for r in read_metrics(tiny_config.out) if r["split"] == "train"]
+    assert [r["seq_len"] for r in train] == [32, 32, 32, 64, 64]
+    lrs = [r["lr"] for r in train]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == 0.0  # linear decay to zero across the phases
+    evals = [r for r in read_metrics(tiny_config.out) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 5]  # each phase ends with an evaluation on its own held-out split
+    assert set(summary["stores"]) == {"32", "64"}
