@@ -2,7 +2,8 @@
 
 `torchrun --nproc_per_node N` (or several nodes with --nnodes/--rdzv-*) sets RANK, WORLD_SIZE and LOCAL_RANK; a
 plain `python` run is one process with no process group. NCCL on CUDA, gloo on the CPU. DDP by default; FSDP
-(full sharding of parameters, gradients and optimizer state) as an option for models that do not fit a device.
+(PyTorch's fully_shard: parameters, gradients and optimizer state sharded over the ranks, each block of
+`units` gathered only while it runs) as an option for models that do not fit a device.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,8 +80,10 @@ def gather_objects(obj, env: DistEnv) -> list:
     return out
 
 
-def wrap_model(module: torch.nn.Module, env: DistEnv, strategy: str, device: torch.device) -> torch.nn.Module:
-    """DDP or FSDP around `module` when running on several processes; the module itself otherwise."""
+def wrap_model(module: torch.nn.Module, env: DistEnv, strategy: str, device: torch.device,
+               units: Sequence[torch.nn.Module] = ()) -> torch.nn.Module:
+    """DDP or FSDP around `module` when running on several processes; the module itself otherwise.
+    With FSDP each of `units` (the encoder layers) is sharded on its own, the rest with the root."""
     if not env.enabled:
         return module
     if strategy == "ddp":
@@ -88,28 +92,72 @@ def wrap_model(module: torch.nn.Module, env: DistEnv, strategy: str, device: tor
         ids = [device.index] if device.type == "cuda" else None
         return DDP(module, device_ids=ids, broadcast_buffers=False)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
 
-        return FSDP(module, device_id=device if device.type == "cuda" else None, use_orig_params=True)
+        mesh = init_device_mesh(device.type, (env.world_size,))
+        for unit in units:
+            fully_shard(unit, mesh=mesh)
+        fully_shard(module, mesh=mesh)
+        return module
     raise ValueError(f"distributed strategy {strategy!r} is not one of 'ddp', 'fsdp'")
 
 
+def is_sharded(module: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
 def no_sync(wrapped: torch.nn.Module, skip: bool):
-    """Skip the gradient all-reduce on accumulation micro-steps before the last one."""
-    if skip and hasattr(wrapped, "no_sync"):
+    """Skip the gradient reduction on accumulation micro-steps before the last one."""
+    if not skip:
+        return contextlib.nullcontext()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP
+        return _fsdp_no_sync(wrapped)
+    if hasattr(wrapped, "no_sync"):  # DDP
         return wrapped.no_sync()
     return contextlib.nullcontext()
 
 
-def full_state_dict(wrapped: torch.nn.Module, inner: torch.nn.Module) -> dict | None:
-    """The unsharded model state dict (on rank 0 for FSDP; every rank otherwise)."""
-    try:
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError:
-        FSDP = None
-    if FSDP is not None and isinstance(wrapped, FSDP):
-        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
-            return wrapped.state_dict()
-    return inner.state_dict()
+def full_parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter (tied ones once) as a whole CPU tensor, by its name in `module`. Collective when sharded:
+    every rank must call it."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, p in module.named_parameters():
+        full = p.full_tensor() if isinstance(p, DTensor) else p
+        out[name] = full.detach().to("cpu", copy=True)
+    return out
+
+
+@torch.no_grad()
+def load_full_parameters(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into (possibly sharded) parameters, each rank keeping its shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for name, p in module.named_parameters():
+        value = state[name]
+        if isinstance(p, DTensor):
+            p.copy_(distribute_tensor(value.to(p.device_mesh.device_type), p.device_mesh, p.placements))
+        else:
+            p.copy_(value)
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """Gradient clipping that also works on sharded (DTensor) gradients: the norm over all shards."""
+    from torch.distributed.tensor import DTensor
+
+    parameters = [p for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm

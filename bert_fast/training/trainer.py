@@ -172,7 +172,7 @@ class Pretrainer:
 
     def _save_checkpoint(self, step: int) -> None:
         rng = D.gather_objects(rng_state(), self.env)
-        model_state = D.full_state_dict(self.wrapped, self.model)
+        model_state = D.full_parameters(self.model) if self.sharded else None
         optim_state = self._optimizer_state()
         if not self.env.is_main:
             D.barrier(self.env)
@@ -194,18 +194,18 @@ class Pretrainer:
         logger.info("bert_fast: checkpoint %s", path)
 
     def _optimizer_state(self) -> dict:
-        if self.config.train.distributed == "fsdp" and self.env.enabled:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        if self.sharded:  # whole tensors, keyed by parameter name (collective)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return FSDP.optim_state_dict(self.wrapped, self.optimizer)
+            return get_optimizer_state_dict(self.model, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
 
-    def _save_model(self, folder: Path, state: dict | None) -> None:
-        if state is not None and self.config.train.distributed == "fsdp" and self.env.enabled:
-            model = BertForPreTraining(self.model.config, impl="reference")  # unsharded copy on the CPU
-            model.load_state_dict(state)
-        else:
-            model = self.model
+    def _save_model(self, folder: Path, full_parameters: dict | None) -> None:
+        model = self.model
+        if full_parameters is not None:  # sharded: an unsharded copy on the CPU
+            model = BertForPreTraining(self.model.config, impl="reference")
+            D.load_full_parameters(model, full_parameters)
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
@@ -228,13 +228,17 @@ class Pretrainer:
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
                               f"({'; '.join(changed)})")
-        load_state_into(self.model, read_state_dict(path / "model"))
-        optim_state = state["optimizer"]
-        if self.config.train.distributed == "fsdp" and self.env.enabled:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            optim_state = FSDP.optim_state_dict_to_load(self.wrapped, self.optimizer, optim_state)
-        self.optimizer.load_state_dict(optim_state)
+            whole = BertForPreTraining(self.model.config, impl="reference")
+            load_state_into(whole, read_state_dict(path / "model"))
+            D.load_full_parameters(self.model, D.full_parameters(whole))
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            load_state_into(self.model, read_state_dict(path / "model"))
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.load_state_dict(state["precision"])
         rng = state["rng"]
@@ -260,7 +264,7 @@ class Pretrainer:
         # Every rank runs the same number of forwards (FSDP needs it); padding batches get weight 0.
         indices = [i * W + r for i in range(math.ceil(n / W))]
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        runner = self.wrapped if self.config.train.distributed == "fsdp" and self.env.enabled else self.objective
+        runner = self.wrapped if self.sharded else self.objective  # sharded weights are gathered by the wrapper
         devices = [self.device] if self.device.type == "cuda" else []
         self.objective.eval()
         with torch.random.fork_rng(devices=devices):  # evaluation must not move the training RNG
@@ -280,6 +284,8 @@ class Pretrainer:
                     torch.tensor(n_seq, dtype=torch.float64, device=self.device),
                 ])
         self.objective.train()
+        if self.sharded:  # FSDP keeps the root's weights gathered after a forward without backward
+            self.wrapped.reshard()
         mlm_loss, mlm_ok, masked, nsp_loss, nsp_ok, seqs = D.all_reduce_sum(sums, self.env).tolist()
         mlm_loss /= masked
         return {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
@@ -319,7 +325,8 @@ class Pretrainer:
         self.model = model = self._build_model(tokenizer)
         torch.manual_seed(t.seed + 1000 * env.rank)  # each rank its own dropout masks
         self.objective = PretrainingObjective(model, t.sparse_mlm_head)
-        self.wrapped = D.wrap_model(self.objective, env, t.distributed, device)
+        self.wrapped = D.wrap_model(self.objective, env, t.distributed, device, units=list(model.bert.encoder.layer))
+        self.sharded = D.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
         total_steps = phases[-1].end
         warmup = t.warmup_steps if t.warmup_steps >= 0 else round(t.warmup_ratio * total_steps)
@@ -378,8 +385,8 @@ class Pretrainer:
                     sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
                                          out["nsp_loss"].detach().double(),
                                          batch["attention_mask"].sum().double()])
-                grad_norm, stepped = self.precision.step(self.optimizer, model.parameters(), t.max_grad_norm,
-                                                         clip_fn=getattr(self.wrapped, "clip_grad_norm_", None))
+                clip = (lambda m: D.clip_grad_norm(model.parameters(), m)) if self.sharded else None
+                grad_norm, stepped = self.precision.step(self.optimizer, model.parameters(), t.max_grad_norm, clip)
                 if stepped:
                     self.scheduler.step()
                 else:
