@@ -67,8 +67,8 @@ def _print_summary(summary: dict) -> None:
               f"{summary['parameters'] / 1e6:.1f}M parameters, {summary['device']}, {summary['precision']}, "
               f"impl {summary['impl']}, {summary['world_size']} process(es))")]
     if summary["first_loss"] is not None:
-        lines.append(f"  train loss (MLM+NSP): {summary['first_loss']:.3f} at the first log -> "
-                     f"{summary['last_loss']:.3f} at the last")
+        lines.append(f"  training MLM loss {summary['first_mlm_loss']:.3f} -> {summary['last_mlm_loss']:.3f}, NSP loss "
+                     f"{summary['first_nsp_loss']:.3f} -> {summary['last_nsp_loss']:.3f} (first -> last log)")
     ev = summary.get("eval") or {}
     if ev:
         lines.append(f"  held-out: MLM accuracy {ev['mlm_accuracy']:.3f}, perplexity {ev['perplexity']:.1f}, "

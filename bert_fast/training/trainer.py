@@ -183,7 +183,9 @@ class Pretrainer:
             torch.save({
                 "format": 1, "step": step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                 "precision": self.precision.state_dict(), "rng": rng, "world_size": self.env.world_size,
-                "data_position": {"step": step, "phase": self._phase_of(step)},
+                "data_position": {"step": step, "phase": self._phase_of(step),
+                                  "micro_batch_sizes": [p.micro_batch_size for p in self.phases]},
+                "optimizer_keys": "names" if self.sharded else "indices",
                 "config": self.config.to_dict(),
             }, folder / STATE_FILE)
 
@@ -228,6 +230,15 @@ class Pretrainer:
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
                               f"({'; '.join(changed)})")
+        micro = [p.micro_batch_size for p in self.phases]
+        if state["data_position"]["micro_batch_sizes"] != micro:
+            raise ResumeError(
+                f"cannot resume from {path}: its micro-batches held {state['data_position']['micro_batch_sizes']} "
+                f"examples, this run's hold {micro} (another number of ranks); set train.micro_batch_size to the "
+                "checkpoint's value to continue on this number of ranks")
+        if (state["optimizer_keys"] == "names") != self.sharded:
+            raise ResumeError(f"cannot resume from {path}: it was written {'with' if not self.sharded else 'without'} "
+                              "FSDP sharding; resume with the same train.distributed setting")
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -356,7 +367,7 @@ class Pretrainer:
                    "precision": self.precision.mode, "impl": model.impl, "world_size": env.world_size,
                    "model_size": config.model.size, "parameters": sum(p.numel() for p in model.parameters()),
                    "stores": {str(p.seq_len): str(p.store) for p in phases}}
-        first_loss = last_loss = None
+        first = last = None  # the first and last training records
         started, tokens_seen = time.perf_counter(), 0
         last_eval = {}
         workers = config.data.num_workers if config.data.num_workers >= 0 else (2 if device.type == "cuda" else 1)
@@ -408,8 +419,8 @@ class Pretrainer:
                     if self.precision.scaler is not None:
                         record["loss_scale"] = self.precision.scaler.get_scale()
                     metrics.log(step, "train", record)
-                    first_loss = record["loss"] if first_loss is None else first_loss
-                    last_loss = record["loss"]
+                    first = first or record
+                    last = record
                     tokens_seen += int(totals[3])
                     progress.update(step, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                     tok_s=f"{tokens_per_s:,.0f}",
@@ -434,7 +445,9 @@ class Pretrainer:
             self._save_final(run_dir)
         D.barrier(env)
         metrics.close()
-        summary.update({"end_step": step, "finished": finished, "first_loss": first_loss, "last_loss": last_loss,
+        losses = {f"{which}_{key}": (rec or {}).get(key) for which, rec in (("first", first), ("last", last))
+                  for key in ("loss", "mlm_loss", "nsp_loss")}
+        summary.update({"end_step": step, "finished": finished, **losses,
                         "seconds": elapsed, "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else None,
                         "eval": last_eval, "model_dir": str(run_dir / "model") if finished else None,
                         "checkpoint": str(self.checkpoints.path(step))})

@@ -225,3 +225,38 @@ def test_two_phases_lamb_and_whole_word_masking(tiny_config):
     evals = [r for r in read_metrics(tiny_config.out) if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [3, 5]  # each phase ends with an evaluation on its own held-out split
     assert set(summary["stores"]) == {"32", "64"}
+
+
+def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):
+    """The disk fills while step 4's checkpoint is written: a clear error, step 2's checkpoint intact, and
+    --resume continues from it."""
+    import errno
+
+    from bert_fast import checkpoint as ckpt_lib
+
+    tiny_config.train.checkpoint_every = 2
+    tiny_config.train.keep_checkpoints = 1
+    tiny_config.train.steps = 6
+    real_write = ckpt_lib._atomic_write
+    writes = []
+
+    def fill_disk_on_step_4(path, write):
+        writes.append(path)
+        if "step-00000004" in str(path.parent.parent):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, write)
+
+    monkeypatch.setattr(ckpt_lib, "_atomic_write", fill_disk_on_step_4)
+    config_path = Path(tiny_config.out).parent / "c.toml"
+    config_path.write_text(tiny_config.to_toml())
+    with pytest.raises(SystemExit, match="could not write checkpoint step 4 .*the disk is full.*step-00000002.* is "
+                                         "intact"):
+        main(["pretrain", "--config", str(config_path)])
+    checkpoints = Path(tiny_config.out) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002"]
+    from bert_fast import BertForPreTraining
+
+    BertForPreTraining.from_pretrained(checkpoints / "step-00000002" / "model")  # whole and readable
+    monkeypatch.setattr(ckpt_lib, "_atomic_write", real_write)
+    summary = pretrain(tiny_config, resume=True)
+    assert summary["start_step"] == 2 and summary["finished"]
