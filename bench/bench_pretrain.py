@@ -105,8 +105,9 @@ def hf_throughput(config: PretrainConfig, run_dir: Path, steps: int) -> dict:
     tokenizer = BertTokenizer.from_pretrained(run_dir / "tokenizer")
     summary = json.loads((run_dir / "summary.json").read_text())
     ours = BertConfig.from_json_file(run_dir / "model" / "config.json")
-    hf_config = transformers.BertConfig(**{k: v for k, v in ours.to_dict().items() if k != "architectures"})
-    model = transformers.BertForPreTraining(hf_config, attn_implementation="sdpa").cuda().train()
+    hf_config = transformers.BertConfig(**{k: v for k, v in ours.to_dict().items() if k != "architectures"},
+                                        attn_implementation="sdpa")
+    model = transformers.BertForPreTraining(hf_config).cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
                "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}

@@ -19,8 +19,9 @@ logger = logging.getLogger("bert_fast")
 def add_arguments(parser) -> None:
     parser.add_argument("--config", type=Path, help="a TOML file with [model], [data], [train], [phase2] tables")
     parser.add_argument("--corpus", nargs="+", metavar="PATH",
-                        help="text files or folders (one sentence per line, blank line between documents); "
-                             "default: the Wikipedia sample in gensim's wheel")
+                        help="text files or folders (one sentence per line, blank line between documents; "
+                             "lines that are not UTF-8 are skipped and counted); default: the Wikipedia sample in "
+                             "gensim's wheel")
     parser.add_argument("--model", choices=list(PRESETS), help="model size (default tiny)")
     parser.add_argument("--tokenizer", metavar="DIR", help="a tokenizer folder (default: train one on the corpus)")
     parser.add_argument("--vocab-size", type=int, help="size of a trained vocabulary (default 8192)")

@@ -16,7 +16,8 @@ import torch
 # Dense peak FLOP/s (no sparsity) per device name fragment, by precision.
 PEAK_FLOPS = {
     "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},  # SXM; PCIe is ~756e12
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},  # SXM (first match wins: PCIe is listed before)
     "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
     "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
     "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
