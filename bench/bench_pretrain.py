@@ -144,7 +144,8 @@ def main() -> int:
     parser.add_argument("--hf-steps", type=int, default=200)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--quick", action="store_true", help="200 steps of 32 examples, a smoke run")
-    parser.add_argument("--runs-dir", type=Path, default=RESULTS_DIR / "pretrain-runs")
+    parser.add_argument("--runs-dir", type=Path, default=RESULTS_DIR.parent.parent / "runs" / "bench-pretrain",
+                        help="run folders (checkpoints, metrics; git-ignored); the rows and the plot go to bench/results")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.batch_size, args.hf_steps = 200, 32, 50

@@ -96,7 +96,8 @@ def test_fp16_skips_an_overflow_step(tiny_config, monkeypatch):
         return out
 
     monkeypatch.setattr(objective.PretrainingObjective, "forward", overflow_on_third)
-    tiny_config.train.precision = "fp16"
+    tiny_config.train.precision = "fp16"  # slow on the CPU: keep the run small
+    tiny_config.data.seq_len = 32
     tiny_config.train.steps = 5
     tiny_config.train.eval_every = 0
     pretrain(tiny_config)
