@@ -36,11 +36,23 @@ def tokenizer_fingerprint(tokenizer: BertTokenizer) -> str:
     return hashlib.sha256(tokenizer._tokenizer.to_str().encode()).hexdigest()[:16]
 
 
+# The documents read for a tokenizer, kept for the example store built right after it (reading and cleaning a
+# corpus twice is most of the first run's preparation); taken, and so released, by cached_store.
+_last_read: dict = {}
+
+
 def train_tokenizer(corpus: Sequence[str | Path] | None, vocab_size: int, lowercase: bool = True,
-                    min_frequency: int = 2, split: bool = True) -> tuple[BertTokenizer, CorpusStats]:
+                    min_frequency: int = 2, split: bool = True, keep_documents: bool = False,
+                    ) -> tuple[BertTokenizer, CorpusStats]:
     """A WordPiece vocabulary learnt from the corpus sentences (specials first: [PAD]=0 ... [MASK]=4)."""
     stats = CorpusStats()
-    sentences = (s for doc in iter_documents(corpus, split, stats) for s in doc)
+    if keep_documents:
+        docs, stats = read_documents(corpus, split)
+        _last_read.clear()
+        _last_read[corpus_fingerprint(corpus, split)] = (docs, stats)
+        sentences = (s for doc in docs for s in doc)
+    else:
+        sentences = (s for doc in iter_documents(corpus, split, stats) for s in doc)
     try:
         tokenizer = BertTokenizer.train(texts=sentences, vocab_size=vocab_size, lowercase=lowercase,
                                         min_frequency=min_frequency)
@@ -67,7 +79,7 @@ def cached_tokenizer(corpus, vocab_size: int, lowercase: bool = True, cache_dir:
     if (folder / "tokenizer.json").is_file():
         return BertTokenizer.from_pretrained(folder), folder
     started = time.perf_counter()
-    tokenizer, _ = train_tokenizer(corpus, vocab_size, lowercase, split=split)
+    tokenizer, _ = train_tokenizer(corpus, vocab_size, lowercase, split=split, keep_documents=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     tokenizer.save_pretrained(tmp)
@@ -87,9 +99,12 @@ def cached_store(corpus, tokenizer: BertTokenizer, settings: ExampleSettings, ca
     folder = cache / "examples" / f"s{settings.max_seq_len}-{key}"
     if (folder / "manifest.json").is_file():
         ExampleStore(folder, "train")  # checks it is complete and readable
+        _last_read.clear()
         return folder
     started = time.perf_counter()
-    docs, stats = read_documents(corpus, split)
+    kept = _last_read.pop(fingerprints["corpus"], None)
+    _last_read.clear()
+    docs, stats = kept if kept is not None else read_documents(corpus, split)
     tokenized = tokenize_documents(docs, tokenizer)
     special = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
     write_store(folder, tokenized, settings, special, tokenizer.vocab_size,
