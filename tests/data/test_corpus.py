@@ -1,5 +1,6 @@
 import bz2
 import gzip
+import importlib.util
 import logging
 
 import pytest
@@ -118,7 +119,7 @@ def test_wikipedia_dump_reader(tmp_path):
                      "It has a value of one in the Greek numeral system."]]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="needs gensim (the wiki extra)")
 def test_embedded_wikipedia_sample_is_found():
-    pytest.importorskip("gensim")
     path = wikipedia_sample_path()
     assert path.is_file() and path.stat().st_size > 1_000_000
