@@ -13,6 +13,9 @@ import sys
 # (subcommand, module under bert_fast.commands, one-line help)
 COMMANDS = [
     ("encode", "encode", "embed texts with a BERT checkpoint (cls or mean pooling), print or save .npy"),
+    ("pretrain", "pretrain", "pretrain BERT (MLM + NSP) on a corpus, or on the embedded Wikipedia sample"),
+    ("tokenizer", "tokenizer", "train a WordPiece vocabulary on a corpus"),
+    ("plot", "plot", "plot the loss and accuracy curves of pretraining runs to a PNG"),
     ("bench", "bench", "end-to-end speed against Hugging Face transformers (CUDA)"),
 ]
 

@@ -19,12 +19,11 @@ class Precision:
             raise ValueError(f"precision {mode!r} is not one of {MODES}")
         self.mode = mode
         self.device_type = torch.device(device).type
-        if mode == "fp16" and self.device_type != "cuda":
-            raise ValueError("fp16 training needs CUDA; use bf16 or fp32 on the CPU")
+        # fp16 on the CPU works (autocast and GradScaler support it) but is slow: it is there for tests.
         self.scaler = torch.amp.GradScaler(self.device_type) if mode == "fp16" else None
 
     @classmethod
-    def default(cls, device) -> "Precision":
+    def default(cls, device) -> Precision:
         """bf16 autocast on CUDA, fp32 elsewhere."""
         return cls("bf16" if torch.device(device).type == "cuda" else "fp32", device)
 
@@ -37,16 +36,20 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, parameters, max_grad_norm: float | None) -> tuple[float, bool]:
+    def step(self, optimizer: torch.optim.Optimizer, parameters, max_grad_norm: float | None,
+             clip_fn=None) -> tuple[float, bool]:
         """Unscale, clip, step. Returns (gradient norm before clipping, whether the step was taken).
 
         With fp16 a step whose gradients overflowed is skipped (and the scale lowered); the caller should then
-        not advance the learning-rate schedule.
+        not advance the learning-rate schedule. `clip_fn(max_norm) -> norm` replaces the clipping where the
+        norm needs more than the local gradients (FSDP's sharded parameters: `fsdp_module.clip_grad_norm_`).
         """
         parameters = [p for p in parameters if p.grad is not None]
         if self.scaler:
             self.scaler.unscale_(optimizer)
-        if max_grad_norm:
+        if max_grad_norm and clip_fn is not None:
+            norm = clip_fn(max_grad_norm)
+        elif max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in parameters]))

@@ -1,0 +1,200 @@
+"""End-to-end pretraining benchmark (GPU): convergence of the bf16 fast path against the fp32 reference, and
+training throughput (tokens/s, MFU) against Hugging Face transformers.
+
+Providers, measured in one run on the same data (the Wikipedia sample in gensim's wheel, seq len 128):
+- ours-bf16-triton: `bert-fast pretrain` as shipped on a GPU: bf16 autocast, fp32 master weights, impl auto
+  (our Triton kernels, packed real tokens), MLM head on masked positions only;
+- ours-fp32-reference: the same run in fp32 on the PyTorch reference path (the specification);
+- hf-bf16-sdpa (throughput only): transformers' BertForPreTraining with SDPA attention, bf16 autocast, fused
+  AdamW, on the same batches; it computes (batch, seq, vocab) logits, as a user of transformers would.
+
+Convergence check: the training MLM loss of the two runs, smoothed over a window of 50 steps, differs by at
+most 2% (relative) at every logged step after the first 10% of the run; the held-out MLM loss at each
+evaluation too. The curves go to bench/results/pretrain_convergence.png.
+
+Units. tokens/s counts real (non-padding) tokens over all ranks. Training FLOPs per token (bert_fast/training/
+flops.py): 6 * N + 12 * L * H * S, N = parameters outside the embeddings, L layers, H hidden size, S sequence
+length; MFU = tokens/s * FLOPs per token / peak FLOP/s (H100 SXM bf16 dense: 989e12; fp32 without TF32: 67e12).
+
+    python bench/bench_pretrain.py                # BERT-mini, 3000 steps of 128 x 128 tokens per provider
+    python bench/bench_pretrain.py --quick        # 200 steps of 32: a smoke run (minutes on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS_DIR, format_table, save_rows
+from bert_fast.training.config import PretrainConfig
+from bert_fast.training.metrics import read_metrics
+from bert_fast.training.trainer import pretrain
+
+TOLERANCE = 0.02  # relative, on smoothed MLM loss
+WINDOW = 50
+
+
+def base_config(args) -> PretrainConfig:
+    config = PretrainConfig()
+    config.model.size = args.model
+    config.data.dupe_factor = 5  # more distinct pairs for a few thousand steps
+    config.data.cache_dir = args.cache_dir or ""
+    config.train.steps = args.steps
+    config.train.batch_size = args.batch_size
+    config.train.lr = args.lr
+    config.train.warmup_ratio = 0.05
+    config.train.log_every = 10
+    config.train.eval_every = max(args.steps // 10, 10)
+    config.train.eval_batches = 32
+    config.train.checkpoint_every = 0
+    config.train.progress = True
+    config.train.seed = 1234
+    return config
+
+
+def smoothed(records: list[dict], key: str) -> dict[int, float]:
+    steps = [r["step"] for r in records]
+    values = [r[key] for r in records]
+    out = {}
+    span = max(1, WINDOW // 10)  # records are every 10 steps
+    for i, step in enumerate(steps):
+        window = values[max(0, i - span + 1):i + 1]
+        out[step] = sum(window) / len(window)
+    return out
+
+
+def compare_curves(fast_dir: Path, ref_dir: Path, steps: int) -> dict:
+    fast, ref = read_metrics(fast_dir), read_metrics(ref_dir)
+    ft = smoothed([r for r in fast if r["split"] == "train"], "mlm_loss")
+    rt = smoothed([r for r in ref if r["split"] == "train"], "mlm_loss")
+    common = [s for s in sorted(ft) if s in rt and s >= steps // 10]
+    train_rel = max(abs(ft[s] - rt[s]) / rt[s] for s in common)
+    fe = {r["step"]: r["mlm_loss"] for r in fast if r["split"] == "eval"}
+    re_ = {r["step"]: r["mlm_loss"] for r in ref if r["split"] == "eval"}
+    eval_rel = max((abs(fe[s] - re_[s]) / re_[s] for s in fe if s in re_ and s >= steps // 10), default=0.0)
+    return {"max_rel_diff_train_mlm": train_rel, "max_rel_diff_eval_mlm": eval_rel,
+            "final_train_mlm_fast": ft[common[-1]], "final_train_mlm_ref": rt[common[-1]],
+            "passed": train_rel <= TOLERANCE and eval_rel <= TOLERANCE}
+
+
+def throughput(run_dir: Path) -> dict:
+    train = [r for r in read_metrics(run_dir) if r["split"] == "train"][1:]  # the first interval includes warm-up
+    tokens = statistics.median(r["tokens_per_s"] for r in train)
+    mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
+    return {"tokens_per_s": tokens, "mfu": statistics.median(mfus) if mfus else None}
+
+
+def hf_throughput(config: PretrainConfig, run_dir: Path, steps: int) -> dict:
+    """transformers' BertForPreTraining on our batches: bf16 autocast, SDPA, fused AdamW."""
+    import transformers
+
+    from bert_fast.config import BertConfig
+    from bert_fast.data.loader import PretrainingBatches
+    from bert_fast.data.masking import MaskingSettings
+    from bert_fast.tokenizer import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(run_dir / "tokenizer")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ours = BertConfig.from_json_file(run_dir / "model" / "config.json")
+    hf_config = transformers.BertConfig(**{k: v for k, v in ours.to_dict().items() if k != "architectures"},
+                                        attn_implementation="sdpa")
+    model = transformers.BertForPreTraining(hf_config).cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
+               "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
+    data = PretrainingBatches(summary["stores"]["128"], "train", config.train.batch_size, 0, MaskingSettings(), special,
+                              tokenizer.vocab_size)
+    batches = [{k: v.cuda() for k, v in data[j].items()} for j in range(20)]
+
+    def step(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(10):
+        step(batches[i % len(batches)])
+    torch.cuda.synchronize()
+    start, tokens = time.perf_counter(), 0
+    for i in range(steps):
+        batch = batches[i % len(batches)]
+        step(batch)
+        tokens += int(batch["attention_mask"].sum())
+    torch.cuda.synchronize()
+    return {"tokens_per_s": tokens / (time.perf_counter() - start)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mini")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hf-steps", type=int, default=200)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--quick", action="store_true", help="200 steps of 32 examples, a smoke run")
+    parser.add_argument("--runs-dir", type=Path, default=RESULTS_DIR.parent.parent / "runs" / "bench-pretrain",
+                        help="run folders (checkpoints, metrics; git-ignored); the rows and the plot go to bench/results")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batch_size, args.hf_steps = 200, 32, 50
+    if not torch.cuda.is_available():
+        print("bench_pretrain measures a GPU; without CUDA it would compare fp32 with fp32 on the CPU", file=sys.stderr)
+        return 1
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs = {}
+    for name, precision, impl in (("ours-bf16-triton", "bf16", "auto"), ("ours-fp32-reference", "fp32", "reference")):
+        config = copy.deepcopy(base_config(args))
+        config.train.precision = precision
+        config.model.impl = impl
+        config.out = str(args.runs_dir / f"{name}-{stamp}")
+        print(f"== {name}: {args.model}, {args.steps} steps of {args.batch_size} x 128", flush=True)
+        summary = pretrain(config)
+        runs[name] = (Path(config.out), summary)
+
+    fast_dir, ref_dir = runs["ours-bf16-triton"][0], runs["ours-fp32-reference"][0]
+    curves = compare_curves(fast_dir, ref_dir, args.steps)
+    rows = []
+    for name, (run_dir, summary) in runs.items():
+        rows.append({"provider": name, "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+                     "seq_len": 128, **throughput(run_dir), "final_eval_mlm_accuracy": summary["eval"]["mlm_accuracy"],
+                     "final_eval_perplexity": summary["eval"]["perplexity"], "run_dir": str(run_dir)})
+    try:
+        hf = hf_throughput(base_config(args), fast_dir, args.hf_steps)
+        rows.append({"provider": "hf-bf16-sdpa", "model": args.model, "batch_size": args.batch_size, "seq_len": 128,
+                     **hf, "mfu": None})
+    except (ImportError, RuntimeError, TypeError, ValueError, AttributeError, KeyError) as e:  # an optional peer
+        print(f"transformers peer not measured: {e!r}", file=sys.stderr)
+    ours = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["ours_bf16_speedup"] = ours / row["tokens_per_s"]
+    rows.append({"provider": "convergence bf16-triton vs fp32-reference", **curves, "tolerance": TOLERANCE})
+    save_rows("bench_pretrain", rows)
+
+    from bert_fast.training.plot import plot_runs
+
+    png = plot_runs([fast_dir, ref_dir], RESULTS_DIR / "pretrain_convergence.png",
+                    labels=["bf16 fast path", "fp32 reference"])
+    print(f"curves: {png}")
+    print(f"convergence: max relative difference of smoothed train MLM loss {curves['max_rel_diff_train_mlm']:.3%}, "
+          f"held-out {curves['max_rel_diff_eval_mlm']:.3%} (tolerance {TOLERANCE:.0%}): "
+          f"{'PASS' if curves['passed'] else 'FAIL'}")
+    print(format_table(rows[:-1], ["provider", "model", "batch_size", "tokens_per_s", "mfu", "ours_bf16_speedup",
+                                   "final_eval_mlm_accuracy", "final_eval_perplexity"]))
+    return 0 if curves["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Every pretraining setting in one place: a TOML file with [model], [data], [train] and [phase2] tables.
+
+The defaults are the embedded quick run (`bert-fast pretrain` with no arguments): a BERT-tiny on the Wikipedia
+sample in gensim's wheel, an 8k WordPiece vocabulary, sequences of 128, 300 steps of 32 examples: about two
+minutes on a 2-core CPU (`--model mini` learns more per step and takes about three times as long). The paper's
+recipe for BERT-base is, as overrides:
+
+    [model]  size = "base"
+    [data]   vocab_size = 30522, dupe_factor = 10
+    [train]  steps = 1000000, batch_size = 256, lr = 1e-4, warmup_steps = 10000
+    [phase2] (its 90%/10% variant: steps = 900000 at 128 above, then) steps = 100000, seq_len = 512
+
+A file sets what it names; command-line flags and `--set section.key=value` override it; the resolved config
+is written to the run folder as config.toml (which `--config` reads back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigFileError(ValueError):
+    """A config file or override that names an unknown setting or holds a value of the wrong type."""
+
+
+@dataclass
+class ModelSection:
+    size: str = "tiny"  # tiny | mini | small | medium | base | large
+    impl: str = "auto"  # auto: our Triton kernels on CUDA, the PyTorch reference elsewhere
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class DataSection:
+    corpus: list[str] = field(default_factory=list)  # files or folders; empty: the Wikipedia sample
+    tokenizer: str = ""  # a tokenizer folder; empty: train a WordPiece vocabulary on the corpus
+    vocab_size: int = 8192  # of a trained tokenizer
+    lowercase: bool = True
+    split_sentences: bool = True  # split corpus lines into sentences (a one-sentence line stays whole)
+    seq_len: int = 128
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 2
+    eval_fraction: float = 0.05  # share of documents held out for evaluation
+    shard_examples: int = 65536
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    num_workers: int = -1  # DataLoader workers per rank; -1: 2 on CUDA, 1 on the CPU
+    cache_dir: str = ""  # tokenizer and example stores; empty: $BERT_FAST_CACHE or ~/.cache/bert_fast
+
+
+@dataclass
+class TrainSection:
+    steps: int = 300  # optimizer steps (of phase 1, when there is a phase 2)
+    batch_size: int = 32  # examples per optimizer step, over all ranks and accumulation steps
+    micro_batch_size: int = 0  # examples per rank per forward; 0: batch_size / ranks (no accumulation)
+    optimizer: str = "adamw"  # adamw (fused on CUDA) | lamb
+    lr: float = 1e-3
+    warmup_steps: int = -1  # -1: warmup_ratio * total steps
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 elsewhere | bf16 | fp16 | fp32
+    device: str = "auto"  # auto: cuda when available
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 100  # 0: only at the end
+    eval_batches: int = 16  # held-out micro-batches per evaluation (at most)
+    checkpoint_every: int = 100  # 0: only at the end
+    keep_checkpoints: int = 2
+    stop_at: int = 0  # stop after this step (a checkpoint is written there) to continue later with --resume
+    distributed: str = "ddp"  # ddp | fsdp (under torchrun)
+    sparse_mlm_head: bool = True  # run the MLM head on masked positions only
+    peak_tflops: float = 0.0  # the device's peak for MFU; 0: known GPUs by name, none on the CPU
+    progress: bool = True
+    tensorboard: bool = True  # also write TensorBoard events when it is installed
+
+
+@dataclass
+class Phase2Section:
+    steps: int = 0  # 0: a single phase
+    seq_len: int = 512
+    batch_size: int = 0  # 0: the batch size of phase 1
+    micro_batch_size: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    out: str = ""  # run folder; empty: runs/pretrain-<size>-<date>
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    phase2: Phase2Section = field(default_factory=Phase2Section)
+
+    # --- reading and writing ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        config = cls()
+        for key, value in data.items():
+            if key == "out":
+                config.out = str(value)
+                continue
+            section = getattr(config, key, None)
+            if not dataclasses.is_dataclass(section) or not isinstance(value, dict):
+                raise ConfigFileError(f"unknown config table [{key}]; the tables are model, data, train, phase2")
+            for name, v in value.items():
+                config.set(f"{key}.{name}", v)
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PretrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigFileError(f"no config file at {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigFileError(f"{path} is not valid TOML: {e}") from e
+        return cls.from_dict(data)
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set `section.key` (or `out`), checking the name and converting to the field's type."""
+        if dotted == "out":
+            self.out = str(value)
+            return
+        section_name, _, name = dotted.partition(".")
+        section = getattr(self, section_name, None)
+        if not dataclasses.is_dataclass(section):
+            raise ConfigFileError(f"unknown setting {dotted!r}: no table [{section_name}]")
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if name not in fields:
+            raise ConfigFileError(f"unknown setting {dotted!r}; [{section_name}] has {sorted(fields)}")
+        default = getattr(type(section)(), name)
+        setattr(section, name, _convert(dotted, value, default))
+
+    def override(self, assignment: str) -> None:
+        """Apply one `section.key=value` (value in TOML syntax; a bare word is a string)."""
+        if "=" not in assignment:
+            raise ConfigFileError(f"--set expects section.key=value, got {assignment!r}")
+        key, raw = assignment.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        self.set(key.strip(), value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        data = self.to_dict()
+        lines = [f"out = {_toml_value(data.pop('out'))}"]
+        for section, values in data.items():
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _convert(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        return str(value)
+    elif isinstance(default, list):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):
+            return [value]
+    raise ConfigFileError(f"{name} = {value!r}: expected a {type(default).__name__}")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")

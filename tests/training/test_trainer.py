@@ -1,0 +1,263 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_fast.cli import main
+from bert_fast.data.store import DataError
+from bert_fast.training.metrics import read_metrics
+from bert_fast.training.trainer import ResumeError, pretrain
+
+
+def _train_losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "model" / "model.safetensors"))
+
+
+def test_resume_is_exact(tiny_config, tmp_path):
+    """A run stopped at step 4 and resumed gives bitwise the losses and weights of an uninterrupted run
+    (dropout on, so the RNG state must be restored too; the resumed part runs with a DataLoader worker)."""
+    straight = copy.deepcopy(tiny_config)
+    straight.out = str(tmp_path / "straight")
+    pretrain(straight)
+
+    interrupted = copy.deepcopy(tiny_config)
+    interrupted.out = str(tmp_path / "interrupted")
+    interrupted.train.stop_at = 4
+    summary = pretrain(interrupted)
+    assert summary["end_step"] == 4 and not summary["finished"] and summary["model_dir"] is None
+    interrupted.train.stop_at = 0
+    interrupted.data.num_workers = 1
+    summary = pretrain(interrupted, resume=True)
+    assert summary["start_step"] == 4 and summary["finished"]
+
+    expected, got = _train_losses(straight.out), _train_losses(interrupted.out)
+    assert sorted(got) == list(range(1, 9))
+    assert got == expected  # bitwise: JSON keeps every digit of a float
+    a, b = _weights(straight.out), _weights(interrupted.out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    evals = [r for r in read_metrics(interrupted.out) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 8]
+
+
+def test_resume_refuses_a_changed_model(tiny_config):
+    tiny_config.train.stop_at = 2
+    pretrain(tiny_config)
+    tiny_config.train.stop_at = 0
+    tiny_config.model.size = "mini"
+    with pytest.raises(ResumeError, match="model config changed .*hidden_size: 128 -> 256"):
+        pretrain(tiny_config, resume=True)
+    tiny_config.model.size = "tiny"
+    tiny_config.data.seq_len = 48
+    with pytest.raises(ResumeError, match="seq_len: 64 -> 48"):
+        pretrain(tiny_config, resume=True)
+    checkpoints = sorted(p.name for p in (Path(tiny_config.out) / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000002"]  # nothing was overwritten or lost
+
+
+def test_an_existing_run_is_not_overwritten(tiny_config):
+    tiny_config.train.steps = 1
+    pretrain(tiny_config)
+    before = (Path(tiny_config.out) / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="already holds a run: pass --resume"):
+        pretrain(tiny_config)
+    assert (Path(tiny_config.out) / "metrics.jsonl").read_text() == before
+
+
+def test_corpus_too_small_for_a_batch(tiny_config, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("Just one short document.\nWith two sentences.\n\nAnd another one here.\nIt ends.\n")
+    tiny_config.data.corpus = [str(small)]
+    tiny_config.train.batch_size = 64
+    with pytest.raises(DataError, match="fewer than one micro-batch of 64"):
+        pretrain(tiny_config)
+
+
+def test_fp16_skips_an_overflow_step(tiny_config, monkeypatch):
+    """fp16 with a GradScaler: a step whose gradients overflow is skipped, the scale halves, the learning-rate
+    schedule does not advance, and training goes on."""
+    from bert_fast.training import objective
+
+    calls = []
+    forward = objective.PretrainingObjective.forward
+
+    def overflow_on_third(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3 and self.training:
+            out = {**out, "loss": out["loss"] * float("inf")}
+        return out
+
+    monkeypatch.setattr(objective.PretrainingObjective, "forward", overflow_on_third)
+    tiny_config.train.precision = "fp16"  # slow on the CPU: keep the run small
+    tiny_config.data.seq_len = 32
+    tiny_config.train.steps = 5
+    tiny_config.train.eval_every = 0
+    pretrain(tiny_config)
+    train = [r for r in read_metrics(tiny_config.out) if r["split"] == "train"]
+    assert [r["skipped_steps"] for r in train] == [0, 0, 1, 0, 0]
+    assert train[2]["loss_scale"] == train[1]["loss_scale"] / 2
+    assert train[2]["lr"] == train[1]["lr"]  # the schedule stood still
+    assert all(r["loss"] is not None for r in train[3:])
+
+
+def test_precision_fp16_skip_leaves_weights_unchanged():
+    from bert_fast.training.precision import Precision
+
+    layer = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    precision = Precision("fp16", "cpu")
+    before = [p.detach().clone() for p in layer.parameters()]
+    with precision.autocast():
+        loss = layer(torch.randn(2, 4)).float().sum() * float("inf")
+    precision.backward(loss)
+    _, stepped = precision.step(opt, layer.parameters(), 1.0)
+    assert not stepped and all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+    opt.zero_grad()
+    with precision.autocast():
+        loss = layer(torch.randn(2, 4)).float().mean()  # a sum would overflow fp16 at scale 2**15
+    precision.backward(loss)
+    _, stepped = precision.step(opt, layer.parameters(), 1.0)
+    assert stepped and not all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
+def test_cli_runs_and_saves_a_model_transformers_loads(corpus_file, cache_dir, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code = main(["pretrain", "--corpus", str(corpus_file), "--model", "tiny", "--vocab-size", "400", "--seq-len", "64",
+                 "--batch-size", "8", "--steps", "16", "--lr", "2e-3", "--out", str(out),
+                 "--set", f"data.cache_dir=\"{cache_dir}\"", "--set", "data.num_workers=0", "--set", "train.log_every=2",
+                 "--set", "train.eval_every=8", "--set", "train.eval_batches=2", "--set", "train.progress=false"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "pretraining finished at step 16" in printed and str(out / "model") in printed
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "tokenizer/vocab.txt", "model/config.json",
+                 "model/model.safetensors", "model/tokenizer.json", "checkpoints/step-00000016/trainer_state.pt"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"] - 0.3  # the MLM+NSP loss falls
+    evals = [r for r in read_metrics(out) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [8, 16]
+    assert 0 <= evals[-1]["mlm_accuracy"] <= 1 and evals[-1]["perplexity"] > 1
+
+    # The resolved config reads back as the same config.
+    from bert_fast.training.config import PretrainConfig
+
+    resolved = PretrainConfig.from_file(out / "config.toml")
+    assert resolved.train.steps == 16 and resolved.model.size == "tiny" and resolved.data.corpus == [str(corpus_file)]
+
+    # transformers loads the model folder and computes what our model computes.
+    transformers = pytest.importorskip("transformers")
+    from bert_fast import BertForPreTraining, BertTokenizer
+
+    hf = transformers.BertForPreTraining.from_pretrained(out / "model").eval()
+    ours = BertForPreTraining.from_pretrained(out / "model", impl="reference").eval()
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(out / "model")
+    texts = ["Kalo mine of the zeru.", "The sati was gilhax."]
+    batch = BertTokenizer.from_pretrained(out / "model")(texts)
+    assert batch["input_ids"].tolist() == hf_tok(texts, padding=True)["input_ids"]
+    with torch.no_grad():
+        expected = hf(**batch)
+        got = ours(**batch)
+    real = batch["attention_mask"].bool()  # logits at padding are not defined the same way
+    assert not real.all()
+    torch.testing.assert_close(got.prediction_logits[real], expected.prediction_logits[real], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.seq_relationship_logits, expected.seq_relationship_logits, rtol=1e-4, atol=1e-4)
+
+    # `bert-fast plot` renders the curves.
+    assert main(["plot", str(out)]) == 0
+    png = out / "curves.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tokenizer", "/nonexistent/tok"], "tokenizer folder /nonexistent/tok does not exist"),
+    (["--corpus", "/nonexistent/c.txt"], "corpus file /nonexistent/c.txt does not exist"),
+    (["--set", "train.stpes=3"], "unknown setting 'train.stpes'"),
+])
+def test_cli_bad_input_is_a_clear_error(argv, message, tmp_path, cache_dir):
+    with pytest.raises(SystemExit, match=message):
+        main(["pretrain", "--out", str(tmp_path / "r"), "--set", f"data.cache_dir=\"{cache_dir}\"", *argv])
+
+
+def test_print_config_shows_the_embedded_default(capsys):
+    assert main(["pretrain", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert 'size = "tiny"' in text and "corpus = []" in text and "seq_len = 128" in text
+
+
+def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--corpus", str(corpus_file), "--vocab-size", "300", "--out", str(out)]) == 0
+    assert "trained 300 WordPieces" in capsys.readouterr().out
+    from bert_fast import BertTokenizer
+
+    tok = BertTokenizer.from_pretrained(out)
+    assert tok.vocab_size == 300 and tok.pad_token_id == 0 and tok.mask_token_id == 4
+    with pytest.raises(SystemExit, match="is empty"):
+        (tmp_path / "empty.txt").write_text("")
+        main(["tokenizer", "train", "--corpus", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "t2")])
+
+
+def test_two_phases_lamb_and_whole_word_masking(tiny_config):
+    """Phase 1 at seq len 32, then phase 2 at 64 with a smaller batch; one schedule over both phases."""
+    tiny_config.data.seq_len = 32
+    tiny_config.data.whole_word_masking = True
+    tiny_config.train.optimizer = "lamb"
+    tiny_config.train.steps = 3
+    tiny_config.train.warmup_steps = 1
+    tiny_config.train.eval_every = 0
+    tiny_config.train.checkpoint_every = 0
+    tiny_config.phase2.steps = 2
+    tiny_config.phase2.seq_len = 64
+    tiny_config.phase2.batch_size = 4
+    summary = pretrain(tiny_config)
+    assert summary["end_step"] == 5 and summary["finished"]
+    train = [r for r in read_metrics(tiny_config.out) if r["split"] == "train"]
+    assert [r["seq_len"] for r in train] == [32, 32, 32, 64, 64]
+    lrs = [r["lr"] for r in train]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == 0.0  # linear decay to zero across the phases
+    evals = [r for r in read_metrics(tiny_config.out) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 5]  # each phase ends with an evaluation on its own held-out split
+    assert set(summary["stores"]) == {"32", "64"}
+
+
+def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):
+    """The disk fills while step 4's checkpoint is written: a clear error, step 2's checkpoint intact, and
+    --resume continues from it."""
+    import errno
+
+    from bert_fast import checkpoint as ckpt_lib
+
+    tiny_config.train.checkpoint_every = 2
+    tiny_config.train.keep_checkpoints = 1
+    tiny_config.train.steps = 6
+    real_write = ckpt_lib._atomic_write
+    writes = []
+
+    def fill_disk_on_step_4(path, write):
+        writes.append(path)
+        if "step-00000004" in str(path.parent.parent):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, write)
+
+    monkeypatch.setattr(ckpt_lib, "_atomic_write", fill_disk_on_step_4)
+    config_path = Path(tiny_config.out).parent / "c.toml"
+    config_path.write_text(tiny_config.to_toml())
+    with pytest.raises(SystemExit, match="could not write checkpoint step 4 .*the disk is full.*step-00000002.* is "
+                                         "intact"):
+        main(["pretrain", "--config", str(config_path)])
+    checkpoints = Path(tiny_config.out) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002"]
+    from bert_fast import BertForPreTraining
+
+    BertForPreTraining.from_pretrained(checkpoints / "step-00000002" / "model")  # whole and readable
+    monkeypatch.setattr(ckpt_lib, "_atomic_write", real_write)
+    summary = pretrain(tiny_config, resume=True)
+    assert summary["start_step"] == 2 and summary["finished"]
