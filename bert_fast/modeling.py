@@ -392,7 +392,7 @@ class BertMLMLoss(nn.Module):
         selected = labels != -100  # (batch, seq) padded or (tokens,) packed: row-major order either way
         transformed = head.transform(hidden[selected], ops)
         targets = labels[selected]
-        if self.fused:
+        if self.fused and torch.is_grad_enabled():  # evaluation (no grad) has no gradient to save memory on
             from bert_fast_kernels import linear_cross_entropy
 
             return linear_cross_entropy(transformed, head.decoder.weight, head.bias, targets), None

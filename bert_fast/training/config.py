@@ -83,7 +83,7 @@ class TrainSection:
     keep_checkpoints: int = 2
     stop_at: int = 0  # stop after this step (a checkpoint is written there) to continue later with --resume
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
-    sparse_mlm_head: bool = True  # run the MLM head on masked positions only
+    fused_mlm_loss: bool = False  # MLM loss through chunked linear + cross-entropy (no full logits)
     peak_tflops: float = 0.0  # the device's peak for MFU; 0: known GPUs by name, none on the CPU
     progress: bool = True
     tensorboard: bool = True  # also write TensorBoard events when it is installed

@@ -162,7 +162,8 @@ class Pretrainer:
         if longest > bert_config.max_position_embeddings:
             raise ValueError(f"seq_len {longest} exceeds the model's max_position_embeddings="
                              f"{bert_config.max_position_embeddings}")
-        return BertForPreTraining(bert_config, impl=m.impl).to(self.device)
+        fused_loss = self.config.train.fused_mlm_loss
+        return BertForPreTraining(bert_config, impl=m.impl, fused_mlm_loss=fused_loss).to(self.device)
 
     # --- checkpoints -----------------------------------------------------------------------------------
 
@@ -335,7 +336,7 @@ class Pretrainer:
         seed_everything(t.seed)
         self.model = model = self._build_model(tokenizer)
         torch.manual_seed(t.seed + 1000 * env.rank)  # each rank its own dropout masks
-        self.objective = PretrainingObjective(model, t.sparse_mlm_head)
+        self.objective = PretrainingObjective(model)
         self.wrapped = D.wrap_model(self.objective, env, t.distributed, device, units=list(model.bert.encoder.layer))
         self.sharded = D.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)

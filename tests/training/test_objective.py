@@ -20,19 +20,34 @@ def _batch(vocab, batch=4, seq=24):
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])
-def test_sparse_head_matches_the_model_forward(impl):
+def test_objective_matches_the_model(impl):
     config = BertConfig.preset("tiny", vocab_size=97, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForPreTraining(config, impl=impl).eval()
     batch = _batch(97)
-    sparse = PretrainingObjective(model, sparse_mlm_head=True)(**batch, return_logits=True)
-    dense = PretrainingObjective(model, sparse_mlm_head=False)(**batch, return_logits=True)
+    result = PretrainingObjective(model)(**batch, return_logits=True)
     full = model(**batch)
+    no_labels = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     for key in ("loss", "mlm_loss", "nsp_loss"):
-        torch.testing.assert_close(sparse[key], getattr(full, key), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(dense[key], getattr(full, key), rtol=0, atol=0)
-    torch.testing.assert_close(sparse["mlm_logits"], full.prediction_logits[batch["labels"] != -100],
-                               rtol=1e-4, atol=1e-4)
-    assert torch.equal(sparse["mlm_labels"], batch["labels"][batch["labels"] != -100])
+        torch.testing.assert_close(result[key], getattr(full, key), rtol=0, atol=0)
+    chosen = batch["labels"] != -100
+    torch.testing.assert_close(result["mlm_logits"], no_labels.prediction_logits[chosen], rtol=1e-4, atol=1e-4)
+    assert torch.equal(result["mlm_labels"], batch["labels"][chosen])
+
+
+def test_fused_mlm_loss_trains_like_the_plain_loss():
+    config = BertConfig.preset("tiny", vocab_size=97, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    plain = BertForPreTraining(config, impl="reference").train()
+    fused = BertForPreTraining(config, impl="reference", fused_mlm_loss=True).train()
+    fused.load_state_dict(plain.state_dict())
+    batch = _batch(97)
+    a, b = PretrainingObjective(plain)(**batch), PretrainingObjective(fused)(**batch)
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-5)
+    a["loss"].backward()
+    b["loss"].backward()
+    for (name, p), (_, q) in zip(plain.named_parameters(), fused.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():  # evaluation still gets the masked logits
+        assert PretrainingObjective(fused.eval())(**batch, return_logits=True)["mlm_logits"].shape[1] == 97
 
 
 def test_masked_logits_accepts_full_or_gathered_logits():
