@@ -13,6 +13,8 @@ import sys
 # (subcommand, module under bert_fast.commands, one-line help)
 COMMANDS = [
     ("encode", "encode", "embed texts with a BERT checkpoint (cls or mean pooling), print or save .npy"),
+    ("finetune", "finetune", "fine-tune on classify / tag / qa / choice files; best checkpoint, predictions, metrics"),
+    ("features", "features", "hidden states of chosen layers (the paper's feature-based use), saved as .npz"),
 ]
 
 
