@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,6 @@ class FinetuneConfig:
     n_best: int = 20
     null_threshold: float | None = None  # v2: None tunes it on the dev set
     squad_version: int | None = None  # None: from the file
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -227,8 +226,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     # threshold on them for the test set).
     model = task.model_class.from_pretrained(out / "best", impl=cfg.impl).to(device)
     summary = {"task": cfg.task, "config": _json_ready(asdict(cfg)), "device": str(device),
-               "precision": precision.mode, "impl": resolve(cfg.impl, device).name, "primary_metric": task.primary_metric,
-               "epochs": history, "best_epoch": best["epoch"]}
+               "precision": precision.mode, "impl": resolve(cfg.impl, device).name,
+               "primary_metric": task.primary_metric, "epochs": history, "best_epoch": best["epoch"]}
     summary["dev"], dev_predictions = evaluate(model, task, dev, cfg, precision)
     task.write_predictions(dev, dev_predictions, out)
     if test is not None:

@@ -122,6 +122,9 @@ class ClassifyTask(Task):
         self.regression = cfg.regression
         self.labels: list[str] | None = None
         self.primary_metric = cfg.metric or ("pearson" if self.regression else "accuracy")
+        allowed = ("pearson", "spearman", "corr") if self.regression else ("accuracy", "f1", "f1_macro", "mcc")
+        if self.primary_metric not in allowed:  # each of these is better when higher
+            raise ValueError(f"--metric {self.primary_metric!r} is not one of {allowed}")
 
     def model_overrides(self) -> dict:
         if self.regression:
@@ -141,6 +144,8 @@ class ClassifyTask(Task):
             self.labels = _label_order([e.label for e in examples], self.cfg.labels, model_labels)
             if len(self.labels) < 2:
                 raise DataError(f"{path}: a classifier needs at least two labels, found {self.labels}")
+            if self.primary_metric == "f1" and len(self.labels) != 2:
+                raise ValueError(f"--metric f1 is binary; with {len(self.labels)} labels use f1_macro")
         if labelled:
             for e in examples:
                 self._label_value(e.label, e.where)  # every error before any training
@@ -229,6 +234,9 @@ class TagTask(Task):
                 raise DataError(f"{path}: the training file has no tags")
             model_labels = self.model_config.id2label if self.model_config is not None else None
             tags = [t for s in sentences for t in s.tags]
+            # BIO: an entity type seen in training can be predicted with both its tags, even if one is rare
+            types = {t[2:] for t in tags if t[:2] in ("B-", "I-")}
+            tags += [f"{prefix}{t}" for t in types for prefix in ("B-", "I-")]
             self.labels = _label_order(tags, self.cfg.labels, model_labels)
             if "O" in self.labels and not self.cfg.labels:  # O first: the usual id 0
                 self.labels.remove("O")
@@ -238,8 +246,10 @@ class TagTask(Task):
         if labelled:
             for s in sentences:
                 unknown = sorted(set(s.tags) - set(self.labels))
-                if unknown:
-                    raise DataError(f"{s.where}: tags {unknown} are not among the training tags {self.labels}")
+                if unknown and name == "train":  # only with --labels that leave some out
+                    raise DataError(f"{s.where}: tags {unknown} are not among the labels {self.labels}")
+                if unknown:  # gold tags still score; the model can never predict them
+                    self.issues.add(f"{name} sentences with tags never seen in training {unknown}", s.where)
         return Split(name, Path(path), sentences, labelled)
 
     def _word_pieces(self, sentences: list[TaggedSentence]) -> None:
@@ -280,7 +290,7 @@ class TagTask(Task):
                 for w in range(first, last):
                     starts.append(len(input_ids))
                     input_ids += pieces[w]
-                    tag = label_ids[sentence.tags[w]] if split.labelled else -100
+                    tag = label_ids[sentence.tags[w]] if training else -100
                     labels += [tag] + [-100] * (len(pieces[w]) - 1)
                 input_ids.append(sep)
                 labels.append(-100)

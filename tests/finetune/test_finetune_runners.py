@@ -7,6 +7,7 @@ import json
 import finetune_fixtures as fx
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bert_fast import cli
 from bert_fast.finetune import DataError, FinetuneConfig, finetune
@@ -65,6 +66,16 @@ def test_classify_pairs_jsonl_and_regression(tiny_model, tmp_path):
     summary = run("classify", tiny_model, tmp_path / "jsonl", jsonl, jsonl, epochs=1, max_steps=2)
     config = json.loads((tmp_path / "jsonl" / "best" / "config.json").read_text())
     assert config["id2label"] == {"0": "neg", "1": "pos"}
+    # a fine-tuned checkpoint keeps its label order and its classifier (--labels would reorder a fresh one)
+    again = run("classify", tmp_path / "jsonl" / "best", tmp_path / "again", jsonl, jsonl, epochs=1, max_steps=1,
+                lr=1e-6)
+    assert json.loads((tmp_path / "again" / "best" / "config.json").read_text())["id2label"] == config["id2label"]
+    before = load_file(tmp_path / "jsonl" / "best" / "model.safetensors")["classifier.weight"]
+    after = load_file(tmp_path / "again" / "best" / "model.safetensors")["classifier.weight"]
+    assert (after - before).abs().max() < 1e-4  # one step at lr 1e-6 from the same weights
+    assert again["dev"]["accuracy"] == pytest.approx(summary["dev"]["accuracy"], abs=0.05)
+    run("classify", tiny_model, tmp_path / "flip", jsonl, jsonl, epochs=1, max_steps=1, labels=["pos", "neg"])
+    assert json.loads((tmp_path / "flip" / "best" / "config.json").read_text())["id2label"] == {"0": "pos", "1": "neg"}
     stsb = fx.write_stsb(tmp_path / "sts.tsv", 40, seed=1)
     summary = run("classify", tiny_model, tmp_path / "sts", stsb, stsb, epochs=1, max_steps=2, regression=True,
                   lr=1e-4)
@@ -173,11 +184,6 @@ def test_bad_data_is_a_clear_error(tiny_model, tmp_path):
         sts = tmp_path / "sts.tsv"
         sts.write_text("sentence1\tsentence2\tscore\na\tb\t1x\n")
         run("classify", tiny_model, tmp_path / "o", sts, sts, regression=True)
-    tags = fx.write_conll(tmp_path / "t.conll", 10, seed=1)
-    odd = tmp_path / "odd.conll"
-    odd.write_text("Paris B-CITY\n")
-    with pytest.raises(DataError, match=r"odd.conll:1: tags \['B-CITY'\] are not among the training tags"):
-        run("tag", tiny_model, tmp_path / "o", tags, odd)
     v1 = fx.write_squad(tmp_path / "v1.json", 4, seed=1, version=1)
     data = json.loads(v1.read_text())
     data["data"][0]["paragraphs"][0]["qas"][0]["answers"] = []
@@ -185,6 +191,23 @@ def test_bad_data_is_a_clear_error(tiny_model, tmp_path):
     empty.write_text(json.dumps(data))
     with pytest.raises(DataError, match="v1.1 question without an answer"):
         run("qa", tiny_model, tmp_path / "o", v1, empty)
+
+
+def test_tags_unseen_in_training_are_counted_not_fatal(tiny_model, tmp_path):
+    train = tmp_path / "train.conll"
+    train.write_text("met O\nalice B-PER\nin O\nparis B-LOC\n\n" * 8)
+    dev = tmp_path / "dev.conll"
+    dev.write_text("met O\nalice B-PER\nbob I-PER\nin O\nrome B-CITY\n\n")
+    out = tmp_path / "out"
+    summary = run("tag", tiny_model, out, train, dev, epochs=1, max_steps=1)
+    config = json.loads((out / "best" / "config.json").read_text())
+    # I-PER and I-LOC were never seen but belong to seen types: predictable; B-CITY is not
+    assert sorted(config["id2label"].values()) == ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+    (kind,) = summary["warnings"]
+    assert "B-CITY" in kind and summary["warnings"][kind]["count"] == 1
+    assert summary["dev"]["per_type"]["CITY"]["f1"] == 0.0
+    with pytest.raises(DataError, match=r"train.conll:1: tags \['B-LOC'\] are not among the labels"):
+        run("tag", tiny_model, out, train, dev, labels=["O", "B-PER", "I-PER"])
 
 
 def test_cli_finetune_and_its_errors(tiny_model, tmp_path, capsys):
@@ -205,6 +228,11 @@ def test_cli_finetune_and_its_errors(tiny_model, tmp_path, capsys):
 def test_config_rejects_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="task 'ner'"):
         FinetuneConfig("ner", tmp_path, tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="--metric 'mse'"):
+        from bert_fast.finetune.tasks import ClassifyTask
+
+        ClassifyTask(FinetuneConfig("classify", tmp_path, tmp_path, tmp_path, regression=True, metric="mse"),
+                     None, None)
     with pytest.raises(ValueError, match="warmup"):
         FinetuneConfig("tag", tmp_path, tmp_path, tmp_path, warmup=10)
     assert torch.get_num_threads() == 1  # the module fixture is in force

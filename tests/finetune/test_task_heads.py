@@ -17,8 +17,9 @@ IMPLS = ["reference", "triton"]
 
 
 def hf_config(**overrides):
-    values = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
-                  "max_position_embeddings": 40, "type_vocab_size": 2, "attn_implementation": "eager"}
+    values = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 37, "max_position_embeddings": 40, "type_vocab_size": 2,
+              "attn_implementation": "eager"}
     values.update(overrides)
     return transformers.BertConfig(**values)
 
