@@ -19,7 +19,20 @@ def _columns(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
+def _defaults() -> dict:
+    import dataclasses
+
+    from ..finetune.runner import FinetuneConfig
+
+    return {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+
+
 def add_arguments(parser) -> None:
+    defaults = _defaults()
+
+    def shown(name: str, text: str = "") -> str:
+        return f"{text} (default {defaults[name]})".strip()
+
     parser.add_argument("task", choices=["classify", "tag", "qa", "choice"])
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: all-MiniLM-L6-v2 if installed)")
     parser.add_argument("--train", type=Path, required=True)
@@ -27,16 +40,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test", type=Path, help="labelled: metrics + predictions; unlabelled: predictions")
     parser.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output folder")
     recipe = parser.add_argument_group("recipe (defaults: the paper's)")
-    recipe.add_argument("--epochs", type=int)
-    recipe.add_argument("--lr", type=float)
-    recipe.add_argument("--batch-size", type=int)
-    recipe.add_argument("--eval-batch-size", type=int)
-    recipe.add_argument("--warmup", type=float, help="fraction of the steps")
-    recipe.add_argument("--weight-decay", type=float)
-    recipe.add_argument("--max-grad-norm", type=float)
+    recipe.add_argument("--epochs", type=int, help=shown("epochs"))
+    recipe.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
+    recipe.add_argument("--batch-size", type=int, help=shown("batch_size"))
+    recipe.add_argument("--eval-batch-size", type=int, help=shown("eval_batch_size"))
+    recipe.add_argument("--warmup", type=float, help=shown("warmup", "fraction of the steps"))
+    recipe.add_argument("--weight-decay", type=float, help=shown("weight_decay"))
+    recipe.add_argument("--max-grad-norm", type=float, help=shown("max_grad_norm"))
     recipe.add_argument("--max-length", type=int, help="tokens per input (default 384 for qa, 128 otherwise)")
     recipe.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
-    recipe.add_argument("--seed", type=int)
+    recipe.add_argument("--seed", type=int, help=shown("seed"))
     machine = parser.add_argument_group("machine")
     machine.add_argument("--impl", choices=["auto", "reference", "triton"])
     machine.add_argument("--device")
@@ -49,10 +62,10 @@ def add_arguments(parser) -> None:
     classify.add_argument("--regression", action="store_true", help="one score per input, MSE loss (STS-B)")
     classify.add_argument("--metric", help="dev metric that picks the best epoch (e.g. mcc for CoLA)")
     qa = parser.add_argument_group("qa")
-    qa.add_argument("--doc-stride", type=int)
-    qa.add_argument("--max-query-length", type=int)
-    qa.add_argument("--max-answer-length", type=int)
-    qa.add_argument("--n-best", type=int)
+    qa.add_argument("--doc-stride", type=int, help=shown("doc_stride"))
+    qa.add_argument("--max-query-length", type=int, help=shown("max_query_length"))
+    qa.add_argument("--max-answer-length", type=int, help=shown("max_answer_length"))
+    qa.add_argument("--n-best", type=int, help=shown("n_best"))
     qa.add_argument("--null-threshold", type=float, help="SQuAD v2: fixed threshold (default: tuned on dev)")
     qa.add_argument("--squad-version", type=int, choices=[1, 2])
 
