@@ -6,6 +6,12 @@ Hugging Face BERT checkpoints unchanged.
 
 from .checkpoint import CheckpointError
 from .config import BertConfig, ConfigError
+from .heads import (
+    BertForMultipleChoice,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 from .inputs import InputError
 from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
 from .patch import is_patched, patch, unpatch
@@ -17,7 +23,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BertConfig",
     "BertForMaskedLM",
+    "BertForMultipleChoice",
     "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
     "BertModel",
     "BertModelOutput",
     "BertPreTrainedModel",

@@ -151,14 +151,15 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
     problems = []
     if missing_encoder := [k for k in missing if not optional(k)]:
         problems.append("missing encoder weights: " + ", ".join(missing_encoder))
-    if unexpected_encoder := [k for k in unexpected if in_encoder(k)]:
+    # A pooler the model does not have (token classification, QA) is left unused, as transformers does.
+    if unexpected_encoder := [k for k in unexpected if not optional(k)]:
         problems.append("unexpected encoder weights: " + ", ".join(unexpected_encoder))
     if mis_shaped:
         problems.append("weights whose shape does not match the config: " + "; ".join(mis_shaped))
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + " | ".join(problems))
     fresh = [k for k in missing if optional(k)]
-    unused = [k for k in unexpected if not in_encoder(k)]
+    unused = [k for k in unexpected if optional(k)]
     return fresh, unused
 
 

@@ -1,0 +1,98 @@
+"""`bert-fast finetune TASK`: fine-tune a BERT checkpoint on classify / tag / qa / choice data files.
+
+TASK and its files:
+  classify  GLUE-style TSV/CSV/JSONL: text column(s) and a label column (--regression for a score, STS-B)
+  tag       CoNLL-style files: `word ... tag` per line, blank line between sentences (BIO tags)
+  qa        SQuAD v1.1 / v2.0 JSON (v2 when questions carry is_impossible)
+  choice    SWAG CSV: sent1, sent2, ending0..3, label
+Defaults are the paper's and live in bert_fast.finetune.runner.FinetuneConfig; flags only override them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _columns(value: str) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def _defaults() -> dict:
+    import dataclasses
+
+    from ..finetune.runner import FinetuneConfig
+
+    return {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+
+
+def add_arguments(parser) -> None:
+    defaults = _defaults()
+
+    def shown(name: str, text: str = "") -> str:
+        return f"{text} (default {defaults[name]})".strip()
+
+    parser.add_argument("task", choices=["classify", "tag", "qa", "choice"])
+    parser.add_argument("--model", type=Path, help="checkpoint folder (default: all-MiniLM-L6-v2 if installed)")
+    parser.add_argument("--train", type=Path, required=True)
+    parser.add_argument("--dev", type=Path, required=True)
+    parser.add_argument("--test", type=Path, help="labelled: metrics + predictions; unlabelled: predictions")
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output folder")
+    recipe = parser.add_argument_group("recipe (defaults: the paper's)")
+    recipe.add_argument("--epochs", type=int, help=shown("epochs"))
+    recipe.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
+    recipe.add_argument("--batch-size", type=int, help=shown("batch_size"))
+    recipe.add_argument("--eval-batch-size", type=int, help=shown("eval_batch_size"))
+    recipe.add_argument("--warmup", type=float, help=shown("warmup", "fraction of the steps"))
+    recipe.add_argument("--weight-decay", type=float, help=shown("weight_decay"))
+    recipe.add_argument("--max-grad-norm", type=float, help=shown("max_grad_norm"))
+    recipe.add_argument("--max-length", type=int, help="tokens per input (default 384 for qa, 128 otherwise)")
+    recipe.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    recipe.add_argument("--seed", type=int, help=shown("seed"))
+    machine = parser.add_argument_group("machine")
+    machine.add_argument("--impl", choices=["auto", "reference", "triton"])
+    machine.add_argument("--device")
+    machine.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    classify = parser.add_argument_group("classify")
+    classify.add_argument("--text-columns", type=_columns, help="names or 0-based indices, comma separated")
+    classify.add_argument("--label-column")
+    classify.add_argument("--no-header", action="store_true", help="the table has no header row (CoLA)")
+    classify.add_argument("--labels", type=_columns, help="the label set in id order (default: from train)")
+    classify.add_argument("--regression", action="store_true", help="one score per input, MSE loss (STS-B)")
+    classify.add_argument("--metric", help="dev metric that picks the best epoch (e.g. mcc for CoLA)")
+    qa = parser.add_argument_group("qa")
+    qa.add_argument("--doc-stride", type=int, help=shown("doc_stride"))
+    qa.add_argument("--max-query-length", type=int, help=shown("max_query_length"))
+    qa.add_argument("--max-answer-length", type=int, help=shown("max_answer_length"))
+    qa.add_argument("--n-best", type=int, help=shown("n_best"))
+    qa.add_argument("--null-threshold", type=float, help="SQuAD v2: fixed threshold (default: tuned on dev)")
+    qa.add_argument("--squad-version", type=int, choices=[1, 2])
+
+
+def config_from_args(args):
+    from ..finetune.runner import FinetuneConfig
+    from .encode import default_model_dir
+
+    names = ["test", "epochs", "lr", "batch_size", "eval_batch_size", "warmup", "weight_decay", "max_grad_norm",
+             "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns", "label_column",
+             "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
+             "null_threshold", "squad_version"]
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    overrides.update(no_header=args.no_header, regression=args.regression)
+    return FinetuneConfig(task=args.task, model=args.model or default_model_dir(), train=args.train, dev=args.dev,
+                          out=args.out, **overrides)
+
+
+def run(args) -> int:
+    from ..checkpoint import CheckpointError
+    from ..finetune import DataError, finetune
+
+    try:
+        summary = finetune(config_from_args(args))
+    except (DataError, CheckpointError, ValueError) as e:
+        raise SystemExit(f"bert-fast finetune: {e}") from e
+    shown = {k: summary[k] for k in ("task", "impl", "device", "best_epoch", "dev", "test") if k in summary}
+    print(json.dumps(shown, indent=2, default=float))
+    print(f"model, predictions and metrics.json in {args.out}", file=sys.stderr)
+    return 0
