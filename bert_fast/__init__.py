@@ -14,8 +14,8 @@ from .heads import (
 )
 from .inputs import InputError
 from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
-from .patch import is_patched, patch, unpatch
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
+from .patch import is_patched, patch, unpatch
 from .tokenizer import BertTokenizer, TokenizerError
 
 __version__ = "0.1.0"

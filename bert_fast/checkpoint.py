@@ -122,7 +122,7 @@ def normalize_keys(state: dict[str, torch.Tensor], encoder_prefix: str) -> dict[
             continue
         # The first PyTorch ports of BERT named LayerNorm parameters after TensorFlow's gamma and beta.
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        bare = key[len("bert."):] if key.startswith("bert.") else key
+        bare = key.removeprefix("bert.")
         out[encoder_prefix + bare if _is_encoder_key(bare) else key] = value
     return out
 

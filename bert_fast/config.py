@@ -82,7 +82,7 @@ class BertConfig:
             raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "BertConfig":
+    def preset(cls, name: str, **overrides) -> BertConfig:
         """A named size: tiny, mini, small, medium, base, large. intermediate_size is 4H."""
         if name not in PRESETS:
             raise ConfigError(f"unknown model size {name!r}; choose one of {list(PRESETS)}")
@@ -94,7 +94,7 @@ class BertConfig:
     # --- Hugging Face config.json ---------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BertConfig":
+    def from_dict(cls, data: dict[str, Any]) -> BertConfig:
         data = dict(data)
         model_type = data.get("model_type", "bert")
         if model_type != "bert":
@@ -128,7 +128,7 @@ class BertConfig:
         return {**self.extra, **data, "model_type": "bert", "position_embedding_type": "absolute"}
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "BertConfig":
+    def from_json_file(cls, path: str | Path) -> BertConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {path}")

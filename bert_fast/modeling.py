@@ -180,7 +180,7 @@ class BertPreTrainedModel(nn.Module):
         self._resolved_impl: str | None = None
 
     # The implementation switch: one setting, read by forward through the dispatch layer.
-    def set_impl(self, impl: str) -> "BertPreTrainedModel":
+    def set_impl(self, impl: str) -> BertPreTrainedModel:
         """Switch a built model (and the encoder inside it) to another implementation; weights are unchanged."""
         ops_lib.check_impl(impl)
         for module in self.modules():
@@ -387,7 +387,7 @@ class BertMLMLoss(nn.Module):
         super().__init__()
         self.fused = fused
 
-    def forward(self, head: "BertLMPredictionHead", hidden, labels, layout, ops):
+    def forward(self, head: BertLMPredictionHead, hidden, labels, layout, ops):
         labels = layout.pack(labels)
         selected = labels != -100  # (batch, seq) padded or (tokens,) packed: row-major order either way
         transformed = head.transform(hidden[selected], ops)

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
 
 import bert_fast_kernels as K
+import torch
 
 logger = logging.getLogger("bert_fast")
 
@@ -53,7 +52,7 @@ class PaddedLayout:
     def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]  # (batch, hidden): the [CLS] position
 
-    def attention(self, ops: "Ops", qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
+    def attention(self, ops: Ops, qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         q, k, v = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
         return ops.padded_attention(q, k, v, self.key_padding_mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
 
@@ -87,7 +86,7 @@ class PackedLayout:
         starts = self.cu_seqlens[:-1].long().clamp(max=max(x.shape[0] - 1, 0))
         return x.index_select(0, starts)
 
-    def attention(self, ops: "Ops", qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
+    def attention(self, ops: Ops, qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         # qkv: (tokens, 3, heads, head_dim)
         return ops.varlen_attention_qkvpacked(
             qkv, self.cu_seqlens, self.max_seqlen, dropout_p=dropout_p, softmax_scale=softmax_scale

@@ -56,7 +56,7 @@ class BertTokenizer:
     # --- construction --------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "BertTokenizer":
+    def from_pretrained(cls, folder: str | Path) -> BertTokenizer:
         """From a folder with tokenizer.json, or with vocab.txt (+ tokenizer_config.json)."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -83,7 +83,7 @@ class BertTokenizer:
 
     @classmethod
     def from_vocab(cls, vocab_file: str | Path, lowercase: bool = True, strip_accents: bool | None = None,
-                   chinese_chars: bool = True, model_max_length: int = 512) -> "BertTokenizer":
+                   chinese_chars: bool = True, model_max_length: int = 512) -> BertTokenizer:
         """From a vocab.txt, one WordPiece per line, the line number being its id."""
         tokens = Path(vocab_file).read_text(encoding="utf-8").splitlines()
         vocab = {tok: i for i, tok in enumerate(tokens)}
@@ -97,7 +97,7 @@ class BertTokenizer:
     @classmethod
     def train(cls, files: Sequence[str | Path] | None = None, vocab_size: int = 30522, lowercase: bool = True,
               min_frequency: int = 2, texts: Iterable[str] | None = None, model_max_length: int = 512,
-              show_progress: bool = False) -> "BertTokenizer":
+              show_progress: bool = False) -> BertTokenizer:
         """Learn a WordPiece vocabulary from text files (or an iterable of texts), specials first: [PAD]=0."""
         from tokenizers.trainers import WordPieceTrainer
 

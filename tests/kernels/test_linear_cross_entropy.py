@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from bert_fast_kernels import linear_cross_entropy, linear_cross_entropy_ref
+
 from tests.tolerance import assert_within_pytorch_error
 
 

@@ -110,8 +110,9 @@ def _replay_ops():
     """The reference functions, run packed, with the kernels' own dropout masks regenerated from the same seeds
     (drawn from torch's generator in the same order as the kernels draw them)."""
     import bert_fast_kernels as K
-    from bert_fast import ops
     from bert_fast_kernels._common import draw_seed
+
+    from bert_fast import ops
 
     def add_layer_norm(x, residual, weight, bias, eps, x_bias=None, dropout_p=0.0, return_residual=False):
         mask = None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bert_fast
-from tests.model.conftest import SENTENCES, hf_config, random_batch, tiny_config
+from tests.model.conftest import SENTENCES, hf_config, random_batch
 
 pytestmark = pytest.mark.gpu
 transformers = pytest.importorskip("transformers")
