@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import BertConfig
+from .files import atomic_write, atomic_write_text
 
 logger = logging.getLogger("bert_fast")
 
@@ -207,34 +206,21 @@ def load_pretrained(cls, path, impl="auto", dtype=None, device=None, **config_ov
 # --- writing ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers see the old file or the new."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's HF-named tensors, without tied duplicates, each owning its memory (safetensors requires it)."""
+    """The model's HF-named tensors on the CPU, without tied duplicates. safetensors refuses tensors that share
+    memory, so views (query/key/value are thirds of the fused QKV matrix) are copied; the rest are not."""
     tensors = {}
     for key, value in model.state_dict().items():
         if key in model.tied_keys:
             continue
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        value = value.detach().to("cpu").contiguous()
+        if value.untyped_storage().nbytes() != value.numel() * value.element_size():
+            value = value.clone()
+        tensors[key] = value
     return tensors
 
 
 def save_pretrained(model: torch.nn.Module, path) -> None:
-    from safetensors.torch import save_file
-
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = checkpoint_tensors(model)
@@ -243,5 +229,8 @@ def save_pretrained(model: torch.nn.Module, path) -> None:
     config["architectures"] = [type(model).__name__]
     config["dtype"] = str(dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
-    _atomic_write(folder / SAFETENSORS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True)))
+    from safetensors.torch import save
+
+    # Serialised in memory, then written through one atomic file: the old checkpoint survives any failure.
+    atomic_write(folder / SAFETENSORS, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=2, sort_keys=True))

@@ -25,6 +25,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """The models here are tiny: one intra-op thread is faster than two, and on a busy machine far faster, since
+    OpenMP threads then spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """A small synthetic corpus in BERT's format (documents of sentences), shared by data and training tests."""
+    from tests.data.synthetic_corpus import documents, write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", documents())
+
+
+@pytest.fixture(autouse=True)
 def _fresh_seed(request):
     """Every test draws fresh random inputs, but a failure can be replayed from the seed it prints."""
     seed = int.from_bytes(os.urandom(4), "little")

@@ -21,15 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write, atomic_write_text
 from .examples import TokenizedCorpus, assemble, create_examples_from_document
 
 logger = logging.getLogger("bert_fast")
@@ -81,32 +80,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 _PARTS = ("ids", "meta", "words")
@@ -191,15 +166,15 @@ def write_store(folder: str | Path, corpus: TokenizedCorpus, settings: ExampleSe
                 ids, meta, words = _make_shard(corpus, shard_docs, docs, settings, seed, special_ids, dtype)
                 arrays = {"ids": ids, "meta": meta, "words": np.packbits(words, axis=1)}
                 for part, array in arrays.items():
-                    _save_npy_atomic(folder / f"{name}.{part}.npy", array)
+                    atomic_write(folder / f"{name}.{part}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False))
                 info = {"examples": len(ids),
                         "bytes": {p: (folder / f"{name}.{p}.npy").stat().st_size for p in _PARTS},
                         "sha256": {p: _sha256(folder / f"{name}.{p}.npy") for p in _PARTS}}
-                _write_json_atomic(folder / f"{name}.json", info)  # the shard counts as done from here on
+                _write_json(folder / f"{name}.json", info)  # the shard counts as done from here on
             entries.append({"name": name, "examples": info["examples"], "sha256": info["sha256"]})
         manifest["splits"][split] = entries
     manifest["complete"] = True
-    _write_json_atomic(folder / "manifest.json", manifest)
+    _write_json(folder / "manifest.json", manifest)
     n_train = sum(e["examples"] for e in manifest["splits"]["train"])
     logger.info("bert_fast: wrote %d training examples in %d shards to %s (%.1f s)", n_train,
                 len(manifest["splits"]["train"]), folder, time.perf_counter() - started)

@@ -4,7 +4,7 @@ the best checkpoint in Hugging Face format, writes predictions and metrics, and 
 import csv
 import json
 
-import finetune_fixtures as fx
+import tests.finetune.finetune_fixtures as fx
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -169,12 +169,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
 
-    def failing_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def disk_full(fd):  # the bytes went to the temporary file; making them durable fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    monkeypatch.setattr("bert_fast.files.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
         bert_fast.BertModel(tiny_config()).save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before

@@ -238,7 +238,7 @@ def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):
     tiny_config.train.checkpoint_every = 2
     tiny_config.train.keep_checkpoints = 1
     tiny_config.train.steps = 6
-    real_write = ckpt_lib._atomic_write
+    real_write = ckpt_lib.atomic_write
     writes = []
 
     def fill_disk_on_step_4(path, write):
@@ -247,7 +247,7 @@ def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, write)
 
-    monkeypatch.setattr(ckpt_lib, "_atomic_write", fill_disk_on_step_4)
+    monkeypatch.setattr(ckpt_lib, "atomic_write", fill_disk_on_step_4)
     config_path = Path(tiny_config.out).parent / "c.toml"
     config_path.write_text(tiny_config.to_toml())
     with pytest.raises(SystemExit, match="could not write checkpoint step 4 .*the disk is full.*step-00000002.* is "
@@ -258,6 +258,6 @@ def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):
     from bert_fast import BertForPreTraining
 
     BertForPreTraining.from_pretrained(checkpoints / "step-00000002" / "model")  # whole and readable
-    monkeypatch.setattr(ckpt_lib, "_atomic_write", real_write)
+    monkeypatch.setattr(ckpt_lib, "atomic_write", real_write)
     summary = pretrain(tiny_config, resume=True)
     assert summary["start_step"] == 2 and summary["finished"]
