@@ -23,7 +23,8 @@ def grads(fn, x, w, b, labels):
     return loss, x.grad, w.grad, b.grad
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.float16, 1e-4)])
+# atol: a few float32 ulps of a loss near log(vocab) ~ 5, whose chunked sum may round where PyTorch's happens not to
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.float16, 1e-4)])
 @pytest.mark.parametrize("n, v, chunk", [(37, 101, 8), (5, 7, 64), (64, 300, 64)])
 def test_matches_reference(dtype, atol, n, v, chunk):
     x, w, b, labels = inputs(n, 24, v, dtype)
