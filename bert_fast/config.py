@@ -87,8 +87,8 @@ class BertConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown model size {name!r}; choose one of {list(PRESETS)}")
         layers, hidden, heads = PRESETS[name]
-        values = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                      intermediate_size=4 * hidden)
+        values = {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+                  "intermediate_size": 4 * hidden}
         return cls(**{**values, **overrides})
 
     # --- Hugging Face config.json ---------------------------------------------------------------------------

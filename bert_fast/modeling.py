@@ -216,7 +216,11 @@ class BertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def init_weights(self) -> None:
-        self.apply(self._init_weights)
+        # An inner BertModel initialised itself when it was built: initialise only what this model adds
+        # (drawing BERT-large's weights twice costs seconds).
+        for child in self.children():
+            if not isinstance(child, BertPreTrainedModel):
+                child.apply(self._init_weights)
         self.tie_weights()
 
     def tie_weights(self) -> None:

@@ -12,6 +12,7 @@ a mask from torch's RNG, which is what the model's reference path uses in traini
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -122,7 +123,7 @@ def varlen_attention_ref(
     scale = _check_scale(q.shape[-1], softmax_scale)
     out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=out_dtype, device=q.device)
     bounds = cu_seqlens.tolist()
-    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for b, (start, end) in enumerate(itertools.pairwise(bounds)):
         length = end - start
         keep = None if dropout_mask is None else dropout_mask[b, :, :length, :length]
         sl = slice(start, end)

@@ -4,11 +4,11 @@ the best checkpoint in Hugging Face format, writes predictions and metrics, and 
 import csv
 import json
 
-import tests.finetune.finetune_fixtures as fx
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import tests.finetune.finetune_fixtures as fx
 from bert_fast import cli
 from bert_fast.finetune import DataError, FinetuneConfig, finetune
 

@@ -16,6 +16,6 @@ def test_bare_kernels_name_registers_nothing():
         "x = torch.randn(3, 8)\n"
         "print(K.add_layer_norm_ref(x, None, torch.ones(8), None).shape)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr
     assert "torch.Size([3, 8])" in out.stdout

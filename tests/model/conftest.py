@@ -18,8 +18,8 @@ SENTENCES = [
 
 def tiny_config(**overrides) -> bert_fast.BertConfig:
     # head_dim 16: the smallest the attention kernel serves, so the fused path runs kernels end to end
-    base = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=64, type_vocab_size=2)
+    base = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2}
     return bert_fast.BertConfig(**{**base, **overrides})
 
 

@@ -23,11 +23,11 @@ def test_base_and_large_sizes():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(hidden_size=100, num_attention_heads=3), "not divisible"),
-        (dict(hidden_act="relu"), "hidden_act"),
-        (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob"),
-        (dict(vocab_size=0), "vocab_size"),
-        (dict(pad_token_id=40000), "pad_token_id"),
+        ({"hidden_size": 100, "num_attention_heads": 3}, "not divisible"),
+        ({"hidden_act": "relu"}, "hidden_act"),
+        ({"hidden_dropout_prob": 1.0}, "hidden_dropout_prob"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"pad_token_id": 40000}, "pad_token_id"),
     ],
 )
 def test_inconsistent_configs_are_rejected(overrides, message):

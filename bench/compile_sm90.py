@@ -1,0 +1,251 @@
+"""Compile every Triton kernel variant for Hopper (sm_90a) ahead of time, without a GPU, and check it fits.
+
+The CPU tests run the kernels under the interpreter, which never invokes Triton's compiler: a kernel can pass
+them all and still be rejected by the compiler of another Triton release (the GPU image pins triton 3.6; CI runs
+3.9), or need more shared memory than an H100 block may have, so that one autotune config fails at launch.
+This script compiles each launch variant the launchers can pick (elementwise kernels at the BERT widths, every
+attention autotune config for every head dim, with and without dropout, per dtype) to PTX with the installed
+Triton, assembles it with the ptxas Triton ships, and reports registers, spills and shared memory against the
+sm_90 limits.
+
+    python -m bench.compile_sm90                        # everything, bf16 + fp16 + fp32
+    python -m bench.compile_sm90 --quick --dtypes bf16  # bf16, the first attention config of each group
+    python -m bench.compile_sm90 --out rows.jsonl       # one JSON row per variant as well
+
+Exit status 1 if any variant fails to compile or exceeds a limit. Spills are reported, not failed: they cost
+speed, not correctness, and the benchmarks decide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # the interpreter would skip the compiler this script exists to run
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+# The modules, not the functions of the same names that the package exports.
+ln = importlib.import_module("bert_fast_kernels.add_layer_norm")
+gelu = importlib.import_module("bert_fast_kernels.bias_gelu")
+attn_fwd = importlib.import_module("bert_fast_kernels.attention_fwd")
+attn_bwd = importlib.import_module("bert_fast_kernels.attention_bwd")
+
+TARGET = GPUTarget("cuda", 90, 32)
+MAX_SHARED_BYTES = 232_448  # H100: 227 KiB of dynamic shared memory per block
+MAX_REGISTERS_PER_SM = 65_536
+FLOAT_SCALARS = {"eps", "scale", "qk_scale", "dropout_scale", "softmax_scale"}
+DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+HIDDEN_SIZES = (768, 1023, 1024, 3072, 4096, 8192)  # base, odd, large, the FFN widths, the issue's upper bound
+
+
+@dataclasses.dataclass
+class Variant:
+    label: str
+    fn: object  # a triton.JITFunction
+    pointers: dict  # argument name -> pointer type ("*bf16", ...), or None for an absent optional pointer
+    constexprs: dict  # constexpr name -> value
+    num_warps: int
+    num_stages: int = 3
+    aligned_ints: bool = True  # widths and strides divisible by 16 (hidden 1023 is not)
+
+
+def _signature(v: Variant) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) for ASTSource. Scalars are i32 unless a known float. Pointers are 16-byte
+    aligned; strides and widths 16-divisible unless the width is not (Triton's launcher specializes the same way
+    on the values it sees)."""
+    sig, consts = {}, dict(v.constexprs)
+    for name in v.fn.arg_names:
+        if name in v.constexprs:
+            sig[name] = "constexpr"
+        elif name in v.pointers:
+            if v.pointers[name] is None:
+                sig[name], consts[name] = "constexpr", None
+            else:
+                sig[name] = v.pointers[name]
+        else:
+            sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    do_not_specialize = set(getattr(v.fn, "do_not_specialize", ()) or ())
+    aligned = [
+        i for i, name in enumerate(v.fn.arg_names)
+        if sig[name].startswith("*")
+        or (name.startswith(("stride", "n_cols")) and name not in do_not_specialize and v.aligned_ints)
+    ]  # fmt: skip
+    return sig, consts, {(i,): [["tt.divisibility", 16]] for i in aligned}
+
+
+def _ptxas() -> str:
+    """The ptxas Triton itself uses for sm_90 (releases differ: 3.9 ships two and picks the newer one)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return get_ptxas(TARGET.arch).path
+
+
+def compile_variant(v: Variant, workdir: Path) -> dict:
+    row = {"kernel": v.fn.__name__, "variant": v.label, "num_warps": v.num_warps, "num_stages": v.num_stages}
+    start = time.perf_counter()
+    try:
+        sig, consts, attrs = _signature(v)
+        compiled = triton.compile(
+            ASTSource(v.fn, sig, consts, attrs), target=TARGET,
+            options={"num_warps": v.num_warps, "num_stages": v.num_stages},
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 (report every failure, then fail the run)
+        row.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[-1500:]}")
+        return row
+    ptx = compiled.asm["ptx"]
+    ptx_file = workdir / "kernel.ptx"
+    ptx_file.write_text(ptx)
+    proc = subprocess.run(
+        [_ptxas(), "-v", "--gpu-name", "sm_90a", str(ptx_file), "-o", str(workdir / "kernel.o")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    regs = [int(r) for r in re.findall(r"Used (\d+) registers", proc.stderr)]
+    spills = [int(s) for s in re.findall(r"(\d+) bytes spill stores", proc.stderr)]
+    shared = int(compiled.metadata.shared)
+    registers = max(regs, default=0)
+    problems = []
+    if proc.returncode != 0:
+        problems.append(f"ptxas: {proc.stderr[-500:]}")
+    if shared > MAX_SHARED_BYTES:
+        problems.append(f"shared {shared} B > {MAX_SHARED_BYTES} B")
+    if registers * 32 * v.num_warps > MAX_REGISTERS_PER_SM:
+        problems.append(f"{registers} registers x {32 * v.num_warps} threads > {MAX_REGISTERS_PER_SM}")
+    row.update(
+        ok=not problems, error="; ".join(problems) or None, registers=registers, spill_bytes=max(spills, default=0),
+        shared_bytes=shared, loads_16B=len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.b32", ptx)),
+        seconds=round(time.perf_counter() - start, 2),
+    )  # fmt: skip
+    return row
+
+
+def elementwise_variants(dtypes: list[str], hidden_sizes) -> list[Variant]:
+    out = []
+    for dt in dtypes:
+        act = DTYPES[dt]
+        for n in hidden_sizes:
+            bn, rows, warps = ln._fwd_config(n)
+            for dropout in (False, True):
+                out.append(Variant(
+                    f"{dt} N={n} dropout={dropout}", ln._add_layer_norm_fwd_kernel,
+                    {"X": act, "RES": act, "Y": act, "RES_OUT": act, "W": "*fp32", "B": "*fp32", "XB": "*fp32",
+                     "MEAN": "*fp32", "RSTD": "*fp32"},
+                    {"HAS_RESIDUAL": True, "HAS_BIAS": True, "HAS_XBIAS": True, "HAS_DROPOUT": dropout,
+                     "STORE_RESIDUAL": dropout, "ROWS": rows, "BLOCK_N": bn}, warps, aligned_ints=n % 16 == 0,
+                ))  # fmt: skip
+            bn, rows, warps = ln._bwd_config(n)
+            for dropout in (False, True):
+                out.append(Variant(
+                    f"{dt} N={n} dropout={dropout}", ln._add_layer_norm_bwd_kernel,
+                    {"DY": act, "DRES_OUT": None, "X": act, "RES": act, "W": "*fp32", "XB": "*fp32", "MEAN": "*fp32",
+                     "RSTD": "*fp32", "DX": act if dropout else None, "DRES": act, "PART": "*fp32"},
+                    {"HAS_RESIDUAL": True, "HAS_XBIAS": True, "HAS_DROPOUT": dropout, "HAS_DRES_OUT": False,
+                     "STORE_DX": dropout, "STORE_DRES": True, "DW_SLOT": 0, "DB_SLOT": 1, "DXB_SLOT": 2,
+                     "ROWS": rows, "BLOCK_N": bn}, warps, aligned_ints=n % 16 == 0,
+                ))  # fmt: skip
+            bm, bn, warps = gelu._config(16384, n)
+            for tanh in (False, True):
+                consts = {"HAS_BIAS": True, "APPROX_TANH": tanh, "BLOCK_M": bm, "BLOCK_N": bn}
+                out.append(Variant(f"{dt} N={n} tanh={tanh}", gelu._bias_gelu_fwd_kernel,
+                                   {"X": act, "BIAS": "*fp32", "Y": act}, consts, warps, aligned_ints=n % 16 == 0))
+                out.append(Variant(f"{dt} N={n} tanh={tanh}", gelu._bias_gelu_bwd_kernel,
+                                   {"DY": act, "X": act, "BIAS": "*fp32", "DX": act, "DBIAS_PART": "*fp32"},
+                                   {**consts, "COMPUTE_DBIAS": True}, warps, aligned_ints=n % 16 == 0))
+    out.append(Variant("mask", ln._dropout_mask_kernel, {"KEEP": "*u8"}, {"ROWS": 4, "BLOCK_N": 1024}, 8))
+    return out
+
+
+def _attention_configs(dtype: str, head_dim: int, configs: dict, fixed: dict, quick: bool) -> list:
+    """[(label, kwargs, warps, stages)]: the autotune list in half precision, the fixed config for fp32."""
+    if dtype == "fp32":
+        return [("fixed", fixed, fixed.get("num_warps", 4), fixed.get("num_stages", 2))]
+    group = configs[attn_fwd.config_group(head_dim)]
+    group = group[:1] if quick else group
+    return [(f"config {i}", c.kwargs, c.num_warps, c.num_stages) for i, c in enumerate(group)]
+
+
+def attention_variants(dtypes: list[str], head_dims, quick: bool) -> list[Variant]:
+    out = []
+    fwd_fp32 = dict(attn_fwd._fwd_launch(64, torch.float32, None)[1])
+    bwd_fp32 = dict(attn_bwd._bwd_launch(64, torch.float32, None)[1])
+    strip = ("num_warps", "num_stages")
+    for dt in dtypes:
+        act = DTYPES[dt]
+        precision = "ieee" if dt == "fp32" else "tf32"
+        for head_dim in head_dims:
+            for dropout in (False, True):
+                base = {"HEAD_DIM": head_dim, "HAS_DROPOUT": dropout, "DOT_PRECISION": precision}
+                for name, kw, warps, stages in _attention_configs(dt, head_dim, attn_fwd.FWD_CONFIGS, fwd_fp32, quick):
+                    blocks = {k: v for k, v in kw.items() if k not in strip}
+                    out.append(Variant(
+                        f"{dt} hd={head_dim} dropout={dropout} {name} {blocks}", attn_fwd._fwd_kernel,
+                        {"Q": act, "K": act, "V": act, "Out": act, "Lse": "*fp32", "cu_seqlens": "*i32"},
+                        {**base, **blocks}, warps, stages,
+                    ))  # fmt: skip
+                for name, kw, warps, stages in _attention_configs(dt, head_dim, attn_bwd.BWD_CONFIGS, bwd_fp32, quick):
+                    blocks = {k: v for k, v in kw.items() if k not in strip}
+                    out.append(Variant(
+                        f"{dt} hd={head_dim} dropout={dropout} {name} {blocks}", attn_bwd._bwd_kernel,
+                        {k: act for k in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
+                        | {"Lse": "*fp32", "Delta": "*fp32", "cu_seqlens": "*i32"},
+                        {**base, **blocks}, warps, stages,
+                    ))  # fmt: skip
+            out.append(Variant(f"{dt} hd={head_dim}", attn_bwd._bwd_preprocess,
+                               {"Out": act, "DO": act, "Delta": "*fp32"}, {"HEAD_DIM": head_dim, "BLOCK_T": 128}, 4))
+    out.append(Variant("mask", attn_fwd._dropout_mask_kernel, {"Mask": "*i8", "cu_seqlens": "*i32"},
+                       {"BLOCK_M": 128, "BLOCK_N": 128}, 8))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the first attention config of each group only")
+    parser.add_argument("--dtypes", default="bf16,fp16,fp32")
+    parser.add_argument("--head-dims", default=",".join(map(str, attn_fwd.HEAD_DIMS)))
+    parser.add_argument("--hidden-sizes", default=",".join(map(str, HIDDEN_SIZES)))
+    parser.add_argument("--only", choices=("elementwise", "attention"), help="one kernel family")
+    parser.add_argument("--out", type=Path, help="write one JSON row per variant here")
+    args = parser.parse_args(argv)
+    dtypes = args.dtypes.split(",")
+    variants = []
+    if args.only != "attention":
+        variants += elementwise_variants(dtypes, [int(n) for n in args.hidden_sizes.split(",")])
+    if args.only != "elementwise":
+        variants += attention_variants(dtypes, [int(d) for d in args.head_dims.split(",")], args.quick)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in variants:
+            row = compile_variant(v, Path(tmp))
+            rows.append(row)
+            status = "ok  " if row["ok"] else "FAIL"
+            detail = row["error"] if row.get("error") else ""
+            print(
+                f"{status} {row['kernel']:28s} {row['variant']:70s} w={v.num_warps:2d} s={v.num_stages} "
+                f"regs={row.get('registers', '-'):>3} spill={row.get('spill_bytes', '-'):>4} "
+                f"smem={row.get('shared_bytes', '-'):>6} ld16B={row.get('loads_16B', '-'):>3} {detail}",
+                flush=True,
+            )
+    if args.out:
+        meta = {"triton": triton.__version__, "target": "sm_90a"}
+        args.out.write_text("".join(json.dumps({**meta, **row}) + "\n" for row in rows))
+    failed = [r for r in rows if not r["ok"]]
+    spilled = [r for r in rows if r.get("spill_bytes")]
+    print(f"triton {triton.__version__}: {len(rows)} variants, {len(failed)} failed, {len(spilled)} spill")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
