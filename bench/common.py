@@ -31,7 +31,9 @@ def git_sha() -> str:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=False
+            # tracked files only: the result rows a run is writing do not make the code it ran "dirty"
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=False,
         )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):

@@ -10,7 +10,7 @@ sm_90 limits.
 
     python -m bench.compile_sm90                        # everything, bf16 + fp16 + fp32
     python -m bench.compile_sm90 --quick --dtypes bf16  # bf16, the first attention config of each group
-    python -m bench.compile_sm90 --out rows.jsonl       # one JSON row per variant as well
+    python -m bench.compile_sm90 --save                 # and append the rows to bench/results/compile_sm90.jsonl
 
 Exit status 1 if any variant fails to compile or exceeds a limit. Spills are reported, not failed: they cost
 speed, not correctness, and the benchmarks decide.
@@ -42,6 +42,8 @@ ln = importlib.import_module("bert_fast_kernels.add_layer_norm")
 gelu = importlib.import_module("bert_fast_kernels.bias_gelu")
 attn_fwd = importlib.import_module("bert_fast_kernels.attention_fwd")
 attn_bwd = importlib.import_module("bert_fast_kernels.attention_bwd")
+
+from .common import format_table, save_rows
 
 TARGET = GPUTarget("cuda", 90, 32)
 MAX_SHARED_BYTES = 232_448  # H100: 227 KiB of dynamic shared memory per block
@@ -94,7 +96,8 @@ def _ptxas() -> str:
 
 
 def compile_variant(v: Variant, workdir: Path) -> dict:
-    row = {"kernel": v.fn.__name__, "variant": v.label, "num_warps": v.num_warps, "num_stages": v.num_stages}
+    module = v.fn.fn.__module__.rsplit(".", 1)[-1]  # two kernels share the name _dropout_mask_kernel
+    row = {"kernel": f"{module}.{v.fn.__name__}", "variant": v.label, "num_warps": v.num_warps, "num_stages": v.num_stages}
     start = time.perf_counter()
     try:
         sig, consts, attrs = _signature(v)
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden-sizes", default=",".join(map(str, HIDDEN_SIZES)))
     parser.add_argument("--only", choices=("elementwise", "attention"), help="one kernel family")
     parser.add_argument("--out", type=Path, help="write one JSON row per variant here")
+    parser.add_argument("--save", action="store_true", help="append the rows to bench/results/compile_sm90.jsonl")
     args = parser.parse_args(argv)
     dtypes = args.dtypes.split(",")
     variants = []
@@ -233,19 +237,40 @@ def main(argv: list[str] | None = None) -> int:
             status = "ok  " if row["ok"] else "FAIL"
             detail = row["error"] if row.get("error") else ""
             print(
-                f"{status} {row['kernel']:28s} {row['variant']:70s} w={v.num_warps:2d} s={v.num_stages} "
+                f"{status} {row['kernel']:42s} {row['variant']:70s} w={v.num_warps:2d} s={v.num_stages} "
                 f"regs={row.get('registers', '-'):>3} spill={row.get('spill_bytes', '-'):>4} "
                 f"smem={row.get('shared_bytes', '-'):>6} ld16B={row.get('loads_16B', '-'):>3} {detail}",
                 flush=True,
             )
+    for row in rows:
+        row["target"] = "sm_90a"
     if args.out:
-        meta = {"triton": triton.__version__, "target": "sm_90a"}
+        meta = {"triton": triton.__version__}
         args.out.write_text("".join(json.dumps({**meta, **row}) + "\n" for row in rows))
+    if args.save:
+        print(f"rows appended to {save_rows('compile_sm90', rows)}")
+    print(format_table(summarize(rows), ["kernel", "dtype", "variants", "failed", "spilling", "max_registers",
+                                         "max_spill_bytes", "max_shared_bytes"]))  # fmt: skip
     failed = [r for r in rows if not r["ok"]]
-    spilled = [r for r in rows if r.get("spill_bytes")]
-    print(f"triton {triton.__version__}: {len(rows)} variants, {len(failed)} failed, {len(spilled)} spill")
+    print(f"triton {triton.__version__}: {len(rows)} variants compiled for sm_90a, {len(failed)} failed")
     return 1 if failed else 0
 
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One line per (kernel, dtype): how many variants, how many failed or spill, the worst registers / smem."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["kernel"], row["variant"].split()[0]), []).append(row)
+    return [
+        {
+            "kernel": kernel, "dtype": dtype if dtype in DTYPES else "-", "variants": len(group),
+            "failed": sum(not r["ok"] for r in group), "spilling": sum(bool(r.get("spill_bytes")) for r in group),
+            "max_registers": max(r.get("registers", 0) for r in group),
+            "max_spill_bytes": max(r.get("spill_bytes", 0) for r in group),
+            "max_shared_bytes": max(r.get("shared_bytes", 0) for r in group),
+        }
+        for (kernel, dtype), group in groups.items()
+    ]  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())
