@@ -32,7 +32,6 @@ from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # the interpreter would skip the compiler this script exists to run
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -170,40 +169,37 @@ def elementwise_variants(dtypes: list[str], hidden_sizes) -> list[Variant]:
     return out
 
 
-def _attention_configs(dtype: str, head_dim: int, configs: dict, fixed: dict, quick: bool) -> list:
-    """[(label, kwargs, warps, stages)]: the autotune list in half precision, the fixed config for fp32."""
+def _attention_configs(dtype: str, head_dim: int, autotuned: dict, fixed: dict, quick: bool) -> list:
+    """[(label, config)]: the autotune list in half precision, the fixed config of the head dim for fp32."""
     if dtype == "fp32":
-        return [("fixed", fixed, fixed.get("num_warps", 4), fixed.get("num_stages", 2))]
-    group = configs[attn_fwd.config_group(head_dim)]
-    group = group[:1] if quick else group
-    return [(f"config {i}", c.kwargs, c.num_warps, c.num_stages) for i, c in enumerate(group)]
+        return [("fixed", fixed[attn_fwd.config_group_fp32(head_dim)])]
+    group = autotuned[attn_fwd.config_group(head_dim)]
+    return [(f"config {i}", c) for i, c in enumerate(group[:1] if quick else group)]
 
 
 def attention_variants(dtypes: list[str], head_dims, quick: bool) -> list[Variant]:
+    """What the launchers can pick: every autotune config (fp16 / bf16) or the fixed fp32 config, dropout off / on."""
     out = []
-    fwd_fp32 = dict(attn_fwd._fwd_launch(64, torch.float32, None)[1])
-    bwd_fp32 = dict(attn_bwd._bwd_launch(64, torch.float32, None)[1])
-    strip = ("num_warps", "num_stages")
+    fwd_configs = (attn_fwd.FWD_CONFIGS, attn_fwd.FWD_FP32_CONFIGS)
+    bwd_configs = (attn_bwd.BWD_CONFIGS, attn_bwd.BWD_FP32_CONFIGS)
     for dt in dtypes:
         act = DTYPES[dt]
         precision = "ieee" if dt == "fp32" else "tf32"
         for head_dim in head_dims:
             for dropout in (False, True):
                 base = {"HEAD_DIM": head_dim, "HAS_DROPOUT": dropout, "DOT_PRECISION": precision}
-                for name, kw, warps, stages in _attention_configs(dt, head_dim, attn_fwd.FWD_CONFIGS, fwd_fp32, quick):
-                    blocks = {k: v for k, v in kw.items() if k not in strip}
+                for name, c in _attention_configs(dt, head_dim, *fwd_configs, quick):
                     out.append(Variant(
-                        f"{dt} hd={head_dim} dropout={dropout} {name} {blocks}", attn_fwd._fwd_kernel,
+                        f"{dt} hd={head_dim} dropout={dropout} {name} {c.kwargs}", attn_fwd._fwd_kernel,
                         {"Q": act, "K": act, "V": act, "Out": act, "Lse": "*fp32", "cu_seqlens": "*i32"},
-                        {**base, **blocks}, warps, stages,
+                        {**base, **c.kwargs}, c.num_warps, c.num_stages,
                     ))  # fmt: skip
-                for name, kw, warps, stages in _attention_configs(dt, head_dim, attn_bwd.BWD_CONFIGS, bwd_fp32, quick):
-                    blocks = {k: v for k, v in kw.items() if k not in strip}
+                for name, c in _attention_configs(dt, head_dim, *bwd_configs, quick):
                     out.append(Variant(
-                        f"{dt} hd={head_dim} dropout={dropout} {name} {blocks}", attn_bwd._bwd_kernel,
+                        f"{dt} hd={head_dim} dropout={dropout} {name} {c.kwargs}", attn_bwd._bwd_kernel,
                         {k: act for k in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
                         | {"Lse": "*fp32", "Delta": "*fp32", "cu_seqlens": "*i32"},
-                        {**base, **blocks}, warps, stages,
+                        {**base, **c.kwargs}, c.num_warps, c.num_stages,
                     ))  # fmt: skip
             out.append(Variant(f"{dt} hd={head_dim}", attn_bwd._bwd_preprocess,
                                {"Out": act, "DO": act, "Delta": "*fp32"}, {"HEAD_DIM": head_dim, "BLOCK_T": 128}, 4))

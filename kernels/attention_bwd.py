@@ -34,6 +34,7 @@ from .attention_fwd import (
     _dropout_keep,
     check_attention_inputs,
     config_group,
+    config_group_fp32,
     dot_precision,
     dropout_threshold,
     launch_kwargs,
@@ -249,6 +250,12 @@ BWD_CONFIGS = {
         _bwd_config(16, 64, 64, 16, 4, 2),
     ],
 }
+# fp32 ("ieee" dots on CUDA cores): fixed configs that compile for sm_90a without spilling (see FWD_FP32_CONFIGS)
+BWD_FP32_CONFIGS = {
+    "small": _bwd_config(16, 64, 64, 16, 8, 2),
+    "medium": _bwd_config(16, 64, 64, 16, 8, 2),
+    "large": _bwd_config(16, 32, 32, 16, 8, 2),
+}
 _bwd_tuned: dict = {}
 
 
@@ -262,8 +269,7 @@ def _bwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None)
         return _bwd_tuned[group], {}
     if interpreting():  # BLOCK_M1 != BLOCK_N1 on purpose: the CPU tests cover the mixed-size tiling too
         return _bwd_kernel, {"BLOCK_M1": 64, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 64}
-    # fp32 ("ieee" dots run on CUDA cores): small tiles
-    return _bwd_kernel, launch_kwargs(_bwd_config(16, 64, 64, 16, 4, 2))
+    return _bwd_kernel, launch_kwargs(BWD_FP32_CONFIGS[config_group_fp32(head_dim)])
 
 
 def _grad_buffer(name: str, like: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
