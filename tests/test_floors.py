@@ -1,4 +1,4 @@
-"""bench/floors.py: the floors the benchmark notes quote, against hand-computed cases."""
+"""bench/floors.py and bench/bench_ceilings.py: the floors the benchmark notes quote, against hand-computed cases."""
 
 import pytest
 
@@ -37,3 +37,20 @@ def test_main_prints_both_tables(capsys):
     floors.main(["--matmul-tflops", "700", "--copy-tbs", "3"])
     out = capsys.readouterr().out
     assert "bf16 matmul 700 TFLOP/s" in out and "BERT-large train B32 S512" in out and "attention fwd S512" in out
+
+
+def test_ceilings_smoke_run_and_effective_rate(capsys):
+    from bench import bench_ceilings
+
+    bench_ceilings.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "ffn_down" in out and "wgrad" in out and "training_tflop_s" in out
+    rows = [
+        {"model": "base", "kind": "fwd", "flops": 4e12, "ms": 10.0},
+        {"model": "base", "kind": "wgrad", "flops": 4e12, "ms": 30.0},
+        {"model": "large", "kind": "fwd", "flops": 1e12, "ms": 1.0},
+    ]
+    rates = {r["model"]: r for r in bench_ceilings.effective_rates(rows)}
+    assert rates["base"]["inference_tflop_s"] == pytest.approx(400.0)  # 4e12 FLOP in 10 ms
+    assert rates["base"]["training_tflop_s"] == pytest.approx(200.0)  # 8e12 FLOP in 40 ms
+    assert rates["large"]["training_tflop_s"] == pytest.approx(1000.0)
