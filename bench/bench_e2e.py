@@ -1,9 +1,11 @@
 """End-to-end benchmark: bert_fast vs Hugging Face eager / sdpa / torch.compile, BERT-base and BERT-large.
 
-Run on one CUDA GPU:  python -m bench.bench_e2e [--quick]
-Rows (with GPU, versions, git sha, date) append to bench/results/e2e.jsonl; the ratio table goes to
-bench/results/e2e.md and a bar chart to bench/results/e2e.png. The workloads and the units are defined in
-bert_fast/benchmark.py (tokens/s counts real tokens only).
+Run on one CUDA GPU:  python -m bench.bench_e2e [--quick] [--sizes base] [--workloads NAME,..] [--providers NAME,..]
+Rows (with GPU, versions, git sha, date) append to bench/results/e2e.jsonl as each is measured, so a run cut off
+by a time limit keeps what it finished; the ratio table of this run goes to bench/results/e2e.md and a bar chart
+to bench/results/e2e.png. The workloads and the units are defined in bert_fast/benchmark.py (tokens/s counts
+real tokens only). One size with every workload and provider is several minutes on an H100, most of it
+torch.compile of the Hugging Face model: run one size per 10-minute command.
 """
 
 from __future__ import annotations
@@ -40,10 +42,24 @@ def plot(table: list[dict], path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="base only, fewer iterations")
+    parser.add_argument("--sizes", help="comma separated model sizes (default: base,large; base with --quick)")
+    parser.add_argument("--workloads", help=f"comma separated, of {[w.name for w in benchmark.WORKLOADS]}")
+    parser.add_argument("--providers", help=f"comma separated, of {benchmark.PROVIDERS}")
     args = parser.parse_args()
-    sizes = ("base",) if args.quick else ("base", "large")
-    rows = benchmark.run(sizes, iters=5 if args.quick else 20, warmup=2 if args.quick else 5)
-    save_rows("e2e", rows)
+    sizes = args.sizes.split(",") if args.sizes else ("base",) if args.quick else ("base", "large")
+    workloads = None
+    if args.workloads:
+        by_name = {w.name: w for w in benchmark.WORKLOADS}
+        unknown = [n for n in args.workloads.split(",") if n not in by_name]
+        if unknown:
+            parser.error(f"unknown workloads {unknown}; choose from {list(by_name)}")
+        workloads = [by_name[n] for n in args.workloads.split(",")]
+    providers = args.providers.split(",") if args.providers else None
+    if providers and set(providers) - set(benchmark.PROVIDERS):
+        parser.error(f"unknown providers {sorted(set(providers) - set(benchmark.PROVIDERS))}; "
+                     f"choose from {benchmark.PROVIDERS}")
+    rows = benchmark.run(sizes, workloads, providers, iters=5 if args.quick else 20, warmup=2 if args.quick else 5,
+                         on_row=lambda row: save_rows("e2e", [row]))
     table = benchmark.ratio_table(rows)
     text = format_table(table, ["model", "workload", "provider", "tok/s", "ms", "GiB", "x hf-sdpa"])
     (RESULTS_DIR / "e2e.md").write_text(text + "\n")

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks and benchmarks, in stages that each fit one 10-minute device call:
-#   bash bench/gpu_session.sh tests        GPU tests (bf16 kernels, model parity, CUDA graphs, convergence)
-#   bash bench/gpu_session.sh kernels      elementwise + attention benchmarks
-#   bash bench/gpu_session.sh e2e          end-to-end benchmark against Hugging Face (base; "e2e-full" adds large)
+#   bash bench/gpu_session.sh tests-kernels  GPU kernel tests (bf16, long sequences, every launch config, compile)
+#   bash bench/gpu_session.sh tests-model    GPU model tests (parity with HF, CUDA graphs, convergence, task heads)
+#   bash bench/gpu_session.sh tests          both test stages in one call (may not fit 10 minutes on a cold cache)
+#   bash bench/gpu_session.sh kernels        elementwise + attention benchmarks ("elementwise", "attention": one each)
+#   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
-# copied to $OUT (the device tool's folder) when it is set, else to bench/results/.
+# copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
+# soon as it ends, and e2e rows are appended as they are measured, so a call cut off at its time limit keeps
+# what it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev && ln -sfn ../kernels .dev/bert_fast_kernels && ln -sfn ../bert_fast .dev/bert_fast
@@ -15,19 +19,40 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" \
   | tee -a "$OUT/gpu.txt"
 
+save() {  # copy result files to $OUT (nothing to do when $OUT is bench/results itself)
+  for f in "$@"; do
+    [ -f "bench/results/$f" ] && ! [ "bench/results/$f" -ef "$OUT/$f" ] && cp "bench/results/$f" "$OUT/"
+  done
+  return 0
+}
+pytest_gpu() {  # name, paths...
+  local name=$1
+  shift
+  python -m pytest -q -m gpu "$@" -p no:cacheprovider --durations=20 2>&1 | tee "$OUT/$name.log"
+}
+
 case "${1:-tests}" in
+  tests-kernels)
+    pytest_gpu gpu_tests_kernels tests/kernels ;;
+  tests-model)
+    pytest_gpu gpu_tests_model tests/model tests/finetune ;;
   tests)
-    python -m pytest -q -m gpu tests -p no:cacheprovider --durations=20 2>&1 | tee "$OUT/gpu_tests.log" ;;
-  kernels)
-    python -m bench.bench_elementwise 2>&1 | tee "$OUT/bench_elementwise.log"
-    python -m bench.bench_attention 2>&1 | tee "$OUT/bench_attention.log"
-    cp bench/results/elementwise.jsonl bench/results/attention.jsonl "$OUT/" 2>/dev/null ;;
+    pytest_gpu gpu_tests tests ;;
+  elementwise|attention|kernels)
+    if [ "$1" != attention ]; then
+      python -m bench.bench_elementwise 2>&1 | tee "$OUT/bench_elementwise.log"
+      save elementwise.jsonl
+    fi
+    if [ "$1" != elementwise ]; then
+      python -m bench.bench_attention 2>&1 | tee "$OUT/bench_attention.log"
+      save attention.jsonl
+    fi ;;
   e2e)
     python -m bench.bench_e2e --quick 2>&1 | tee "$OUT/bench_e2e.log"
-    cp bench/results/e2e.jsonl bench/results/e2e.md bench/results/e2e.png "$OUT/" 2>/dev/null ;;
-  e2e-full)
-    python -m bench.bench_e2e 2>&1 | tee "$OUT/bench_e2e.log"
-    cp bench/results/e2e.jsonl bench/results/e2e.md bench/results/e2e.png "$OUT/" 2>/dev/null ;;
+    save e2e.jsonl e2e.md e2e.png ;;
+  e2e-large)
+    python -m bench.bench_e2e --sizes large 2>&1 | tee "$OUT/bench_e2e_large.log"
+    save e2e.jsonl e2e.md e2e.png ;;
   *)
     echo "unknown stage $1"; exit 2 ;;
 esac

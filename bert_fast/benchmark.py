@@ -148,7 +148,8 @@ def run_one(provider: str, workload: Workload, config: BertConfig, state: dict, 
 
 
 def run(sizes=("base", "large"), workloads=None, providers=None, warmup: int = 5, iters: int = 20, seed: int = 0,
-        log=print) -> list[dict]:
+        log=print, on_row=None) -> list[dict]:
+    """Every (size, workload, provider) row; `on_row(row)` sees each as soon as it is measured (to save it at once)."""
     if not torch.cuda.is_available():
         raise RuntimeError("the end-to-end benchmark needs a CUDA device")
     device = torch.device("cuda")
@@ -168,6 +169,8 @@ def run(sizes=("base", "large"), workloads=None, providers=None, warmup: int = 5
                 if row:
                     row["model"] = size
                     rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
                     log(f"{size:5s} {workload.name:24s} {provider:18s} "
                         + (f"{row['tokens_per_s'] / 1e3:9.1f}k tok/s  {row['ms']:8.2f} ms  "
                            f"{row['peak_mem_gib']:6.2f} GiB" if "ms" in row else row["error"]))
