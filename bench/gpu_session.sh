@@ -3,7 +3,8 @@
 #   bash bench/gpu_session.sh tests-kernels  GPU kernel tests (bf16, long sequences, every launch config, compile)
 #   bash bench/gpu_session.sh tests-model    GPU model tests (parity with HF, CUDA graphs, convergence, task heads)
 #   bash bench/gpu_session.sh tests          both test stages in one call (may not fit 10 minutes on a cold cache)
-#   bash bench/gpu_session.sh kernels        elementwise + attention benchmarks ("elementwise", "attention": one each)
+#   bash bench/gpu_session.sh kernels        ceilings + elementwise + attention benchmarks ("ceilings", "elementwise",
+#                                            "attention": one each)
 #   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
@@ -38,12 +39,16 @@ case "${1:-tests}" in
     pytest_gpu gpu_tests_model tests/model tests/finetune ;;
   tests)
     pytest_gpu gpu_tests tests ;;
-  elementwise|attention|kernels)
-    if [ "$1" != attention ]; then
+  ceilings|elementwise|attention|kernels)
+    if [ "$1" = ceilings ] || [ "$1" = kernels ]; then  # ~1 minute: the ceilings the other numbers are read against
+      python -m bench.bench_ceilings 2>&1 | tee "$OUT/bench_ceilings.log"
+      save ceilings.jsonl
+    fi
+    if [ "$1" = elementwise ] || [ "$1" = kernels ]; then
       python -m bench.bench_elementwise 2>&1 | tee "$OUT/bench_elementwise.log"
       save elementwise.jsonl
     fi
-    if [ "$1" != elementwise ]; then
+    if [ "$1" = attention ] || [ "$1" = kernels ]; then
       python -m bench.bench_attention 2>&1 | tee "$OUT/bench_attention.log"
       save attention.jsonl
     fi ;;
