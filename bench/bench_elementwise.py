@@ -122,6 +122,9 @@ def main(argv=None) -> None:
     timer = bench_ms if cuda else cpu_ms
     if cuda:
         torch._dynamo.config.cache_size_limit = 64  # one compiled graph per shape and mode, not an eager fallback
+        # "bwd" replays one graph's backward (retain_graph=True), which a compiled backward that donates its
+        # saved buffers refuses: keep them, whatever order the modes run in
+        torch._functorch.config.donated_buffer = False
         ops = {"bias_gelu": HIDDEN, "add_ln": HIDDEN, "add_ln_drop": (768, 1024)}
         if args.quick:
             ops = {"bias_gelu": (3072,), "add_ln": (768,), "add_ln_drop": (768,)}

@@ -34,8 +34,13 @@ class Bucket:
         return self.batch + -(-self.tokens // self.width)
 
 
-def bucket_for(lengths: list[int], width_multiple: int = 64, min_tokens: int = 64) -> Bucket:
+def bucket_for(lengths: list[int], width_multiple: int = 64, min_tokens: int = 64, max_width: int | None = None
+               ) -> Bucket:
+    """The bucket a batch with these sequence lengths replays. `max_width` (the position table's size) caps the
+    rounded width: filler runs take positions 0 .. width - 1, which must exist."""
     width = -(-max(lengths) // width_multiple) * width_multiple
+    if max_width is not None:
+        width = max(max(lengths), min(width, max_width))
     tokens = max(min_tokens, _next_power_of_two(sum(lengths)))
     return Bucket(batch=_next_power_of_two(len(lengths)), width=width, tokens=tokens)
 
@@ -117,7 +122,7 @@ class GraphedEncoder:
             attention_mask = torch.ones_like(input_ids)
         batch, seq = input_ids.shape
         lengths = attention_mask.sum(1).tolist()
-        bucket = bucket_for(lengths)
+        bucket = bucket_for(lengths, max_width=self.model.config.max_position_embeddings)
         packed = pack_for_bucket(input_ids, attention_mask, token_type_ids, bucket, self.model.config.pad_token_id)
         if bucket not in self.graphs:
             if len(self.graphs) >= self.max_graphs:

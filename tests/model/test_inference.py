@@ -13,6 +13,25 @@ def test_buckets():
     b = bucket_for([100, 3, 64])
     assert (b.batch, b.width, b.tokens, b.slots) == (4, 128, 256, 6)
     assert bucket_for([1]).tokens == 64
+    # a position table of 100 caps the width (filler runs use positions 0 .. width - 1)
+    assert bucket_for([90, 3], max_width=100).width == 100 and bucket_for([30], max_width=100).width == 64
+
+
+def test_filler_positions_stay_inside_a_short_position_table():
+    config = tiny_config(max_position_embeddings=40)
+    model = bert_fast.BertModel(config, impl="reference").eval()
+    lengths = [37, 5]
+    batch = random_batch(config, batch=2, seq=37, lengths=lengths)
+    bucket = bucket_for(lengths, max_width=config.max_position_embeddings)
+    packed = pack_for_bucket(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], bucket,
+                             config.pad_token_id)
+    assert bucket.width == 40 and int(packed.position_ids.max()) < 40
+    with torch.no_grad():
+        out = model.forward_packed(packed.input_ids, packed.cu_seqlens, bucket.width, packed.token_type_ids,
+                                   packed.position_ids)
+        ref = model(**batch)
+    real = batch["attention_mask"].bool()
+    assert (out.last_hidden_state[: int(real.sum())] - ref.last_hidden_state[real]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])
