@@ -2,7 +2,9 @@
 
 Providers (bf16, head_dim 64):
 - ours:            varlen_attention_qkvpacked on the unpadded tokens (the model's path: qkv from one projection)
-- ours-dropout0.1: the same with attention dropout p = 0.1 (BERT pretraining)
+- ours-atomic-dq:  the same with deterministic=False: the backward adds dQ up with fp32 atomics (5 block matmuls
+                   per tile pair instead of 7; forward+backward only, the forward is the same kernel)
+- ours-dropout0.1: the same as ours with attention dropout p = 0.1 (BERT pretraining)
 - sdpa-flash:      F.scaled_dot_product_attention forced to its flash backend, no mask (all-full batches only:
                    flash takes no padding mask)
 - sdpa-mask:       SDPA on the padded batch with a boolean (batch, 1, seq, seq) padding mask, backend chosen by
@@ -75,7 +77,13 @@ class Case:
         """(forward fn returning the output, its inputs, its dout)."""
         if name.startswith("ours"):
             p = 0.1 if name == "ours-dropout0.1" else 0.0
-            fn = lambda: varlen_attention_qkvpacked(self.qkv, self.cu, self.seq, dropout_p=p, seed=0, validate=False)
+            deterministic = name != "ours-atomic-dq"
+
+            def fn():
+                return varlen_attention_qkvpacked(
+                    self.qkv, self.cu, self.seq, dropout_p=p, seed=0, validate=False, deterministic=deterministic
+                )
+
             return fn, [self.qkv], self.dout_packed
         q, k, v = self.padded
         if name == "sdpa-flash":
@@ -108,12 +116,14 @@ def measure(case: Case, name: str, mode: str, warmup_ms: int, rep_ms: int) -> fl
     return bench_ms(step, warmup_ms, rep_ms)
 
 
-def chosen_configs(mode: str) -> str:
+def chosen_configs(mode: str, atomic_dq: bool) -> str:
     """The launch configs the autotuner just used for our kernels (head_dim 64 group), for the record."""
     from bert_fast_kernels import attention_bwd, attention_fwd
 
-    tuners = [("fwd", attention_fwd._fwd_tuned)] + ([("bwd", attention_bwd._bwd_tuned)] if mode != "fwd" else [])
-    picks = [f"{label}: {tuned['small'].best_config}" for label, tuned in tuners if "small" in tuned]
+    picks = [f"fwd: {attention_fwd._fwd_tuned['small'].best_config}"] if "small" in attention_fwd._fwd_tuned else []
+    bwd = attention_bwd._bwd_tuned.get(("small", atomic_dq))
+    if mode != "fwd" and bwd is not None:
+        picks.append(f"bwd: {bwd.best_config}")
     return "; ".join(picks)
 
 
@@ -134,10 +144,12 @@ def main(argv=None):
                 lengths = make_lengths(batch, max_len, dist)
                 case = Case(lengths, heads)
                 flops = fwd_flops(lengths, heads)
-                providers = ["ours", "ours-dropout0.1"] + (["sdpa-flash"] if dist == "full" else [])
+                providers = ["ours", "ours-atomic-dq", "ours-dropout0.1"] + (["sdpa-flash"] if dist == "full" else [])
                 providers += ["sdpa-mask", "eager"]
                 for mode in ("fwd", "fwd+bwd"):
                     for name in providers:
+                        if mode == "fwd" and name == "ours-atomic-dq":
+                            continue  # the same forward as "ours"
                         ms = measure(case, name, mode, warmup_ms, rep_ms)
                         work = flops * (1.0 if mode == "fwd" else 3.5)
                         row = {
@@ -147,7 +159,7 @@ def main(argv=None):
                             "ms": ms, "tflops": work / ms * 1e-9,
                         }  # fmt: skip
                         if name.startswith("ours"):
-                            row["config"] = chosen_configs(mode)
+                            row["config"] = chosen_configs(mode, atomic_dq=name == "ours-atomic-dq")
                         rows.append(row)
                         print(f"{mode} H{heads} S{max_len} {dist} {name}: {ms:.3f} ms, {row['tflops']:.1f} TFLOP/s")
                 del case

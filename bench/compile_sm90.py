@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import json
 import os
 import re
@@ -178,7 +179,8 @@ def _attention_configs(dtype: str, head_dim: int, autotuned: dict, fixed: dict, 
 
 
 def attention_variants(dtypes: list[str], head_dims, quick: bool) -> list[Variant]:
-    """What the launchers can pick: every autotune config (fp16 / bf16) or the fixed fp32 config, dropout off / on."""
+    """What the launchers can pick: every autotune config (fp16 / bf16) or the fixed fp32 config, dropout off / on,
+    and for the backward dQ written once (deterministic) or added up with atomics."""
     out = []
     fwd_configs = (attn_fwd.FWD_CONFIGS, attn_fwd.FWD_FP32_CONFIGS)
     bwd_configs = (attn_bwd.BWD_CONFIGS, attn_bwd.BWD_FP32_CONFIGS)
@@ -194,12 +196,14 @@ def attention_variants(dtypes: list[str], head_dims, quick: bool) -> list[Varian
                         {"Q": act, "K": act, "V": act, "Out": act, "Lse": "*fp32", "cu_seqlens": "*i32"},
                         {**base, **c.kwargs}, c.num_warps, c.num_stages,
                     ))  # fmt: skip
-                for name, c in _attention_configs(dt, head_dim, *bwd_configs, quick):
+                for (name, c), atomic in itertools.product(_attention_configs(dt, head_dim, *bwd_configs, quick),
+                                                           (False, True)):
                     out.append(Variant(
-                        f"{dt} hd={head_dim} dropout={dropout} {name} {c.kwargs}", attn_bwd._bwd_kernel,
+                        f"{dt} hd={head_dim} dropout={dropout} atomic_dq={atomic} {name} {c.kwargs}",
+                        attn_bwd._bwd_kernel,
                         {k: act for k in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
-                        | {"Lse": "*fp32", "Delta": "*fp32", "cu_seqlens": "*i32"},
-                        {**base, **c.kwargs}, c.num_warps, c.num_stages,
+                        | {"DQ_ACC": "*fp32" if atomic else act, "Lse": "*fp32", "Delta": "*fp32", "cu_seqlens": "*i32"},
+                        {**base, **c.kwargs, "ATOMIC_DQ": atomic}, c.num_warps, c.num_stages,
                     ))  # fmt: skip
             out.append(Variant(f"{dt} hd={head_dim}", attn_bwd._bwd_preprocess,
                                {"Out": act, "DO": act, "Delta": "*fp32"}, {"HEAD_DIM": head_dim, "BLOCK_T": 128}, 4))

@@ -64,14 +64,15 @@ def _bwd_preprocess(
 @triton.jit
 def _bwd_dkdv_inner(
     dk, dv, k, v,  # (BLOCK_N1, HEAD_DIM) accumulators and this program's keys / values
-    q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-    lo, hi, seq_len, start_n, qk_scale, dropout_scale, seed, bh, dropout_threshold,
+    q_base, do_base, lse_base, delta_base, dq_acc_base, stride_qt, stride_dot, stride_dq_acc_t,
+    lo, hi, seq_len, start_n, softmax_scale, qk_scale, dropout_scale, seed, bh, dropout_threshold,
     HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
-    MASK_Q: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASK_Q: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     """Queries lo .. hi in steps of BLOCK_M1 against keys start_n ..; works on transposed tiles (keys x queries).
 
     MASK_Q for the last, partial query block only; its padding queries load as zeros and get P = 0.
+    ATOMIC_DQ: also add this key block's share of dQ (scale * dS K) into the fp32 buffer at dq_acc_base.
     """
     offs_m = tl.arange(0, BLOCK_M1)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -106,6 +107,13 @@ def _bwd_dkdv_inner(
             dpt = tl.where(keep_t, dpt * dropout_scale, 0.0)
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(dst).to(k.dtype), k, input_precision=DOT_PRECISION) * softmax_scale
+            dq_ptrs = dq_acc_base + rows[:, None] * stride_dq_acc_t + offs_d[None, :]
+            if MASK_Q:
+                tl.atomic_add(dq_ptrs, dq, mask=(rows < seq_len)[:, None], sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
     return dk, dv
 
 
@@ -148,16 +156,17 @@ def _bwd_dq_inner(
 def _bwd_kernel(
     Q, K, V, DO,  # (tokens, heads, HEAD_DIM): inputs and the output's gradient, any token / head strides
     DQ, DK, DV,  # (tokens, heads, HEAD_DIM): gradients, each element written once
+    DQ_ACC,  # ATOMIC_DQ: (tokens, heads, HEAD_DIM) fp32, zeroed; every key block adds its share of dQ. Else unused.
     Lse, Delta,  # (heads, tokens) fp32: forward logsumexp (natural log), rowsum(dO * O)
     cu_seqlens,  # (batch + 1,) int32
     softmax_scale, qk_scale, dropout_scale, dropout_threshold, seed,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_dq_acc_t, stride_dq_acc_h,
     total_tokens, heads, max_seqlen,
     seq_bucket,  # autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
     BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     tl.static_assert(BLOCK_N1 == BLOCK_M2)  # program i owns key block i and query block i
     n_blocks = tl.cdiv(max_seqlen, BLOCK_N1)
@@ -178,6 +187,7 @@ def _bwd_kernel(
     do_base = DO + seq_start * stride_dot + h * stride_doh
     lse_base = Lse + h * total_tokens + seq_start
     delta_base = Delta + h * total_tokens + seq_start
+    dq_acc_base = DQ_ACC + seq_start * stride_dq_acc_t + h * stride_dq_acc_h
 
     # dK, dV for keys start .. start + BLOCK_N1, over all queries of the sequence.
     cols = start + tl.arange(0, BLOCK_N1)
@@ -188,14 +198,14 @@ def _bwd_kernel(
     dv = tl.zeros((BLOCK_N1, HEAD_DIM), dtype=tl.float32)
     full_end = (seq_len // BLOCK_M1) * BLOCK_M1
     dk, dv = _bwd_dkdv_inner(
-        dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-        0, full_end, seq_len, start, qk_scale, dropout_scale, seed, bh, dropout_threshold,
-        HEAD_DIM, BLOCK_M1, BLOCK_N1, False, HAS_DROPOUT, DOT_PRECISION,
+        dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_acc_base, stride_qt, stride_dot, stride_dq_acc_t,
+        0, full_end, seq_len, start, softmax_scale, qk_scale, dropout_scale, seed, bh, dropout_threshold,
+        HEAD_DIM, BLOCK_M1, BLOCK_N1, False, HAS_DROPOUT, DOT_PRECISION, ATOMIC_DQ,
     )
     dk, dv = _bwd_dkdv_inner(
-        dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-        full_end, seq_len, seq_len, start, qk_scale, dropout_scale, seed, bh, dropout_threshold,
-        HEAD_DIM, BLOCK_M1, BLOCK_N1, True, HAS_DROPOUT, DOT_PRECISION,
+        dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_acc_base, stride_qt, stride_dot, stride_dq_acc_t,
+        full_end, seq_len, seq_len, start, softmax_scale, qk_scale, dropout_scale, seed, bh, dropout_threshold,
+        HEAD_DIM, BLOCK_M1, BLOCK_N1, True, HAS_DROPOUT, DOT_PRECISION, ATOMIC_DQ,
     )
     if HAS_DROPOUT:
         dv = dv * dropout_scale
@@ -205,6 +215,8 @@ def _bwd_kernel(
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
 
+    if ATOMIC_DQ:  # dQ was added up by the key blocks; the launcher converts it
+        return
     # dQ for queries start .. start + BLOCK_M2, over all keys of the sequence.
     rows = start + tl.arange(0, BLOCK_M2)
     row_ok = rows < seq_len
@@ -259,14 +271,17 @@ BWD_FP32_CONFIGS = {
 _bwd_tuned: dict = {}
 
 
-def _bwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None):
+def _bwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None, atomic_dq: bool):
     if config is not None:
         return _bwd_kernel, launch_kwargs(config)
     if use_autotune(dtype):
-        group = config_group(head_dim)
-        if group not in _bwd_tuned:
-            _bwd_tuned[group] = triton.autotune(configs=BWD_CONFIGS[group], key=AUTOTUNE_KEY)(_bwd_kernel)
-        return _bwd_tuned[group], {}
+        key = (config_group(head_dim), atomic_dq)
+        if key not in _bwd_tuned:
+            # the atomic variant adds into DQ_ACC: each timed trial must start from zeros
+            _bwd_tuned[key] = triton.autotune(
+                configs=BWD_CONFIGS[key[0]], key=AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None
+            )(_bwd_kernel)
+        return _bwd_tuned[key], {}
     if interpreting():  # BLOCK_M1 != BLOCK_N1 on purpose: the CPU tests cover the mixed-size tiling too
         return _bwd_kernel, {"BLOCK_M1": 64, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 64}
     return _bwd_kernel, launch_kwargs(BWD_FP32_CONFIGS[config_group_fp32(head_dim)])
@@ -296,11 +311,15 @@ def varlen_attention_bwd(
     dk: torch.Tensor | None = None,
     dv: torch.Tensor | None = None,
     config: triton.Config | None = None,
+    deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launcher (no autograd): (dq, dk, dv) for the forward that produced out and lse with the same arguments.
 
     dq / dk / dv, if given, are written in place (e.g. the three slices of a packed dqkv); any token / head strides.
     `config` pins a launch config (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) instead of the default choice.
+    deterministic=False adds dQ up with fp32 atomics (5 block matmuls per tile pair instead of 7, plus a zeroed
+    fp32 buffer and a conversion); the order of the additions varies, so dq may differ between runs in the last
+    bits.
     """
     head_dim = q.shape[-1]
     softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
@@ -323,18 +342,23 @@ def varlen_attention_bwd(
         HEAD_DIM=head_dim, BLOCK_T=block_t,
     )  # fmt: skip
 
-    kernel, launch = _bwd_launch(head_dim, q.dtype, config)
+    atomic_dq = not deterministic
+    dq_acc = torch.zeros((total, heads, head_dim), dtype=torch.float32, device=q.device) if atomic_dq else dq
+    kernel, launch = _bwd_launch(head_dim, q.dtype, config, atomic_dq)
 
     def grid(meta):
         return (triton.cdiv(max_seqlen, meta["BLOCK_N1"]) * batch * heads,)
 
     kernel[grid](
-        q, k, v, dout, dq, dk, dv, lse, delta, cu_seqlens,
+        q, k, v, dout, dq, dk, dv, dq_acc, lse, delta, cu_seqlens,
         softmax_scale, softmax_scale * 1.4426950408889634, 1.0 / (1.0 - dropout_p), dropout_threshold(dropout_p),
         seed,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0), dout.stride(1),
         dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        total, heads, max_seqlen, seq_bucket(max_seqlen),
-        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), **launch,
+        dq_acc.stride(0), dq_acc.stride(1), total, heads, max_seqlen, seq_bucket(max_seqlen),
+        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), ATOMIC_DQ=atomic_dq,
+        **launch,
     )  # fmt: skip
+    if atomic_dq:
+        dq.copy_(dq_acc)
     return dq, dk, dv

@@ -52,12 +52,13 @@ def _fwd_op(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    deterministic: bool,  # the backward's choice, kept with the forward's arguments
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
+def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     check_attention_inputs("varlen_attention", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
@@ -75,26 +76,29 @@ def _bwd_op(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
+    return varlen_attention_bwd(
+        dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic=deterministic
+    )
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
+def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed = inputs
+    q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed)
+    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed, deterministic)
 
 
 def _fwd_backward(ctx, dout, _dlse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = torch.ops.bert_fast.varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -105,14 +109,20 @@ _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 
 @torch.library.custom_op("bert_fast::varlen_attention_qkvpacked_fwd", mutates_args=())
 def _packed_fwd_op(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, softmax_scale: float, seed: int
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    dropout_p: float,
+    softmax_scale: float,
+    seed: int,
+    deterministic: bool,  # the backward's choice, kept with the forward's arguments
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = qkv.unbind(1)  # strided views: token stride 3 * heads * head_dim, no copy
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
 
 
 @_packed_fwd_op.register_fake
-def _(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
+def _(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     q, k, v = qkv.unbind(1)
     check_attention_inputs("varlen_attention_qkvpacked", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
@@ -129,32 +139,34 @@ def _packed_bwd_op(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    deterministic: bool,
 ) -> torch.Tensor:
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = qkv.unbind(1)
     dq, dk, dv = dqkv.unbind(1)  # the kernel writes the three slices in place
     varlen_attention_bwd(
-        dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, dq=dq, dk=dk, dv=dv
-    )
+        dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, dq=dq, dk=dk, dv=dv,
+        deterministic=deterministic,
+    )  # fmt: skip
     return dqkv
 
 
 @_packed_bwd_op.register_fake
-def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
+def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     return qkv.new_empty(qkv.shape)
 
 
 def _packed_setup_context(ctx, inputs, output):
-    qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed = inputs
+    qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(qkv, out, lse, cu_seqlens)
-    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed)
+    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed, deterministic)
 
 
 def _packed_backward(ctx, dout, _dlse):
     qkv, out, lse, cu_seqlens = ctx.saved_tensors
     dqkv = torch.ops.bert_fast.varlen_attention_qkvpacked_bwd(dout, qkv, out, lse, cu_seqlens, *ctx.args)
-    return dqkv, None, None, None, None, None
+    return dqkv, None, None, None, None, None, None
 
 
 _packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
@@ -208,6 +220,7 @@ def varlen_attention(
     seed: int | None = None,
     *,
     validate: bool = True,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Bidirectional attention within each of the sequences packed back to back in q, k, v.
 
@@ -215,9 +228,11 @@ def varlen_attention(
     strides are free (unit stride on head_dim). cu_seqlens: int32 (batch + 1,) offsets; max_seqlen >= the longest
     sequence. dropout_p: dropout on the attention probabilities (Philox from seed; see varlen_dropout_mask).
     softmax_scale defaults to 1 / sqrt(head_dim). Returns contiguous (total_tokens, heads, head_dim) in q's dtype.
+    deterministic=True (the default) gives bitwise-reproducible gradients; False adds dq up with fp32 atomics, a
+    cheaper backward whose dq may differ between runs in the last bits.
     """
     args = _prepare("varlen_attention", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, validate)
-    out, _ = torch.ops.bert_fast.varlen_attention_fwd(q, k, v, cu_seqlens, *args)
+    out, _ = torch.ops.bert_fast.varlen_attention_fwd(q, k, v, cu_seqlens, *args, bool(deterministic))
     return out
 
 
@@ -230,6 +245,7 @@ def varlen_attention_qkvpacked(
     seed: int | None = None,
     *,
     validate: bool = True,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """varlen_attention on qkv (total_tokens, 3, heads, head_dim) (q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]).
 
@@ -241,7 +257,7 @@ def varlen_attention_qkvpacked(
         raise ValueError(f"{op}: qkv must be (total_tokens, 3, heads, head_dim), got {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(1)
     args = _prepare(op, q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, validate)
-    out, _ = torch.ops.bert_fast.varlen_attention_qkvpacked_fwd(qkv, cu_seqlens, *args)
+    out, _ = torch.ops.bert_fast.varlen_attention_qkvpacked_fwd(qkv, cu_seqlens, *args, bool(deterministic))
     return out
 
 

@@ -48,9 +48,11 @@ def test_attention_kernels_compile_within_hopper_limits(tmp_path):
     kernels = {row["kernel"] for row in rows}
     assert kernels == {"attention_fwd._fwd_kernel", "attention_bwd._bwd_kernel", "attention_bwd._bwd_preprocess",
                        "attention_fwd._dropout_mask_kernel"}
-    assert len(rows) == 11  # 2 dtypes x (fwd, bwd) x dropout on / off, 2 preprocess, the mask
+    assert len(rows) == 15  # 2 dtypes x dropout on / off x (fwd, bwd, bwd with atomic dQ), 2 preprocess, the mask
     assert all(row["ok"] for row in rows), [row for row in rows if not row["ok"]]
     tiles = [row for row in rows if row["kernel"].endswith(("_fwd_kernel", "_bwd_kernel"))]
-    assert len(tiles) == 8 and all(0 < row["shared_bytes"] <= 232_448 for row in tiles)
-    # fp32 runs its dots on CUDA cores with the operands in registers: its fixed tiles are sized not to spill
-    assert all(row["spill_bytes"] == 0 for row in tiles if row["variant"].startswith("fp32")), tiles
+    assert len(tiles) == 12 and all(0 < row["shared_bytes"] <= 232_448 for row in tiles)
+    # fp32 runs its dots on CUDA cores with the operands in registers: its fixed tiles are sized not to spill (on
+    # the default, deterministic path; the atomic-dQ backward may spill a few bytes)
+    fp32 = [row for row in tiles if row["variant"].startswith("fp32") and "atomic_dq=True" not in row["variant"]]
+    assert len(fp32) == 4 and all(row["spill_bytes"] == 0 for row in fp32), fp32
