@@ -12,6 +12,11 @@ bitwise-reproducible gradients (training runs and the reference-vs-fused converg
 fp32 dQ scratch buffer to zero and convert, and a packed dqkv written in place. Programs of one (sequence, head)
 are adjacent in the grid, so its Q, K, V, dO stay in L2 across them.
 
+deterministic=False (ATOMIC_DQ) is FlashAttention-2's way instead: while looping over query blocks for dK, dV,
+each program also adds scale dS K into a zeroed fp32 dQ buffer with atomics, and skips the dQ loop; the launcher
+converts the buffer into dq. 5 block matmuls per tile pair, at the price of the buffer's traffic and dq bits that
+depend on the order of the additions. Which is faster at BERT's shapes is for bench_attention to say.
+
 Dtype contract: inputs fp16 / bf16 / fp32; all accumulations in fp32 (dq, dk, dv accumulators, delta, softmax);
 P and dS are cast to the input dtype for their matmuls (as in FlashAttention); gradients are stored in the input
 dtype. fp32 inputs use exact ("ieee") dots. Dropout regenerates the forward's keep-mask from the same seed.
