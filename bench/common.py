@@ -31,8 +31,8 @@ def git_sha() -> str:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=True
         )
         dirty = subprocess.run(
-            # tracked files only: the result rows a run is writing do not make the code it ran "dirty"
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # the code, not the result rows runs are writing (tracked or not), decides whether the tree is "dirty"
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)bench/results"],
             capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=False,
         )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
