@@ -17,13 +17,11 @@ The GEMMs are the largest term of every end-to-end floor (bench/floors.py: ~70%)
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import bench_ms, format_table, save_rows
+from bench.common import bench_ms, cpu_ms, format_table, save_rows
 
 NAME = "ceilings"
 TOKENS = 32768
@@ -35,14 +33,6 @@ def layer_gemms(hidden: int) -> list[tuple[str, int, int]]:
     return [("qkv", hidden, 3 * hidden), ("attn_out", hidden, hidden), ("ffn_up", hidden, 4 * hidden),
             ("ffn_down", 4 * hidden, hidden)]  # fmt: skip
 
-
-def cpu_ms(fn, reps: int = 3) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def copy_row(elems: int, device, dtype, timer) -> dict:

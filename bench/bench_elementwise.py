@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -43,7 +41,7 @@ if not torch.cuda.is_available():  # the CPU smoke run needs Triton's interprete
 
 from bert_fast_kernels import add_layer_norm, add_layer_norm_ref, bias_gelu, bias_gelu_ref
 
-from bench.common import bench_ms, format_table, save_rows
+from bench.common import bench_ms, cpu_ms, format_table, save_rows
 
 NAME = "elementwise"
 TOKENS = 16384
@@ -88,15 +86,6 @@ def make_case(op: str, m: int, n: int, dtype: torch.dtype, device: str):
         providers["compile"] = torch.compile(ref, dynamic=False)
     return inputs, providers
 
-
-def cpu_ms(fn, reps: int = 3) -> float:
-    """CPU smoke runs only: median wall time."""
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def time_mode(fn, inputs, mode: str, timer) -> float:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -63,6 +65,16 @@ def save_rows(name: str, rows: list[dict], results_dir: Path = RESULTS_DIR) -> P
         for row in rows:
             f.write(json.dumps({**env, **row}) + "\n")
     return path
+
+
+def cpu_ms(fn, reps: int = 3) -> float:
+    """CPU smoke runs only (no GPU): the median wall time of a few calls, in milliseconds. Not a benchmark."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def bench_ms(fn, warmup_ms: int = 50, rep_ms: int = 200) -> float:
