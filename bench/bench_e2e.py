@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--sizes", help="comma separated model sizes (default: base,large; base with --quick)")
     parser.add_argument("--workloads", help=f"comma separated, of {[w.name for w in benchmark.WORKLOADS]}")
     parser.add_argument("--providers", help=f"comma separated, of {benchmark.PROVIDERS}")
+    parser.add_argument("--name", default="e2e",
+                        help="this run's table and plot go to bench/results/NAME.md and NAME.png (rows: e2e.jsonl)")
     args = parser.parse_args()
     sizes = args.sizes.split(",") if args.sizes else ("base",) if args.quick else ("base", "large")
     workloads = None
@@ -62,8 +64,8 @@ def main() -> None:
                          on_row=lambda row: save_rows("e2e", [row]))
     table = benchmark.ratio_table(rows)
     text = format_table(table, ["model", "workload", "provider", "tok/s", "ms", "GiB", "x hf-sdpa"])
-    (RESULTS_DIR / "e2e.md").write_text(text + "\n")
-    plot(table, RESULTS_DIR / "e2e.png")
+    (RESULTS_DIR / f"{args.name}.md").write_text(text + "\n")
+    plot(table, RESULTS_DIR / f"{args.name}.png")
     print(text)
 
 

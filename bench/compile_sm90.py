@@ -42,6 +42,7 @@ ln = importlib.import_module("bert_fast_kernels.add_layer_norm")
 gelu = importlib.import_module("bert_fast_kernels.bias_gelu")
 attn_fwd = importlib.import_module("bert_fast_kernels.attention_fwd")
 attn_bwd = importlib.import_module("bert_fast_kernels.attention_bwd")
+gemm = importlib.import_module("bert_fast_kernels.linear_gelu")
 
 from .common import format_table, save_rows
 
@@ -62,6 +63,7 @@ class Variant:
     num_warps: int
     num_stages: int = 3
     aligned_ints: bool = True  # widths and strides divisible by 16 (hidden 1023 is not)
+    aligned_args: tuple = ()  # further integer arguments divisible by 16 (a GEMM's N and K)
 
 
 def _signature(v: Variant) -> tuple[dict, dict, dict]:
@@ -82,8 +84,9 @@ def _signature(v: Variant) -> tuple[dict, dict, dict]:
     do_not_specialize = set(getattr(v.fn, "do_not_specialize", ()) or ())
     aligned = [
         i for i, name in enumerate(v.fn.arg_names)
-        if sig[name].startswith("*")
-        or (name.startswith(("stride", "n_cols")) and name not in do_not_specialize and v.aligned_ints)
+        if sig[name].startswith("*") or name in v.aligned_args
+        or (name.startswith(("stride", "n_cols")) and name not in do_not_specialize and name not in consts
+            and v.aligned_ints)
     ]  # fmt: skip
     return sig, consts, {(i,): [["tt.divisibility", 16]] for i in aligned}
 
@@ -129,6 +132,8 @@ def compile_variant(v: Variant, workdir: Path) -> dict:
     row.update(
         ok=not problems, error="; ".join(problems) or None, registers=registers, spill_bytes=max(spills, default=0),
         shared_bytes=shared, loads_16B=len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.b32", ptx)),
+        async_copies_16B=len(re.findall(r"cp\.async\.cg\.shared\.global", ptx)),  # cg: 16-byte copies only
+        wgmma=len(re.findall(r"wgmma\.mma_async", ptx)),
         seconds=round(time.perf_counter() - start, 2),
     )  # fmt: skip
     return row
@@ -212,22 +217,45 @@ def attention_variants(dtypes: list[str], head_dims, quick: bool) -> list[Varian
     return out
 
 
+def gemm_variants(dtypes: list[str], quick: bool) -> list[Variant]:
+    """linear_gelu: every autotune config (fp16 / bf16) or the fixed fp32 config, inference (y only) and training
+    (z stored too), at BERT's FFN shapes (K and N multiples of 16; the launcher passes unit K strides as constants)."""
+    out = []
+    for dt in dtypes:
+        act = DTYPES[dt]
+        if dt == "fp32":
+            configs = [("fixed", gemm.FP32_CONFIG)]
+        else:
+            configs = list(enumerate(gemm.CONFIGS[:1] if quick else gemm.CONFIGS))
+        for (name, c), store_z in itertools.product(configs, (False, True)):
+            out.append(Variant(
+                f"{dt} store_z={store_z} config {name} {c.kwargs}", gemm._linear_gelu_kernel,
+                {"X": act, "W": act, "BIAS": "*fp32", "Y": act, "Z": act if store_z else None},
+                {"HAS_BIAS": True, "STORE_Z": store_z, "APPROX_TANH": False, "EVEN_K": True,
+                 "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "stride_xk": 1, "stride_wk": 1, **c.kwargs},
+                c.num_warps, c.num_stages, aligned_args=("N", "K", "stride_xm", "stride_wn"),
+            ))  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the first attention config of each group only")
     parser.add_argument("--dtypes", default="bf16,fp16,fp32")
     parser.add_argument("--head-dims", default=",".join(map(str, attn_fwd.HEAD_DIMS)))
     parser.add_argument("--hidden-sizes", default=",".join(map(str, HIDDEN_SIZES)))
-    parser.add_argument("--only", choices=("elementwise", "attention"), help="one kernel family")
+    parser.add_argument("--only", choices=("elementwise", "attention", "gemm"), help="one kernel family")
     parser.add_argument("--out", type=Path, help="write one JSON row per variant here")
     parser.add_argument("--save", action="store_true", help="append the rows to bench/results/compile_sm90.jsonl")
     args = parser.parse_args(argv)
     dtypes = args.dtypes.split(",")
     variants = []
-    if args.only != "attention":
+    if args.only in (None, "elementwise"):
         variants += elementwise_variants(dtypes, [int(n) for n in args.hidden_sizes.split(",")])
-    if args.only != "elementwise":
+    if args.only in (None, "attention"):
         variants += attention_variants(dtypes, [int(d) for d in args.head_dims.split(",")], args.quick)
+    if args.only in (None, "gemm"):
+        variants += gemm_variants(dtypes, args.quick)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{status} {row['kernel']:42s} {row['variant']:70s} w={v.num_warps:2d} s={v.num_stages} "
                 f"regs={row.get('registers', '-'):>3} spill={row.get('spill_bytes', '-'):>4} "
-                f"smem={row.get('shared_bytes', '-'):>6} ld16B={row.get('loads_16B', '-'):>3} {detail}",
+                f"smem={row.get('shared_bytes', '-'):>6} ld16B={row.get('loads_16B', '-'):>3} "
+                f"cp16B={row.get('async_copies_16B', '-'):>3} wgmma={row.get('wgmma', '-'):>3} {detail}",
                 flush=True,
             )
     for row in rows:

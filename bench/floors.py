@@ -5,7 +5,7 @@ memory (each input read once, each output written once), divide by the measured 
 a large device-to-device copy), and compare the peers' measured figures and our targets against that floor.
 No GPU needed; the ceilings are arguments (defaults: one H100 80GB, shared/ANCHORS.md, 2026-11-22).
 
-    python -m bench.floors [--matmul-tflops 680] [--copy-tbs 3.02]
+    python -m bench.floors [--matmul-tflops 680] [--copy-tbs 3.02] [--fused-ffn]
 
 Model of an end-to-end BERT step (per real token; the sums run in order because the kernels do):
 - GEMMs (QKV, attention output, FFN up and down: 2 (4 H^2 + 2 H I) FLOPs a layer forward) at the matmul ceiling;
@@ -14,7 +14,9 @@ Model of an end-to-end BERT step (per real token; the sums run in order because 
   L_eff = E[len^2] / E[len] (a token attends to its own sequence only); q, k, v read and o written.
 - the memory-bound epilogues at the copy ceiling, with the byte counts of bench/bench_elementwise.py:
   two bias + dropout + residual + LayerNorm blocks (3 H s forward; 4 or, with dropout, 5 H s backward) and one
-  bias + GELU (2 I s forward, 3 I s backward) a layer.
+  bias + GELU (2 I s forward, 3 I s backward) a layer. With --fused-ffn the FFN-up GEMM applies bias + GELU in
+  its epilogue (bert_fast_kernels.linear_gelu): nothing of that forward step is left in inference, and in training
+  only the extra write of the pre-activation the backward reads (I s).
 - training: backward = 2x the forward GEMMs and 2.5x the attention FLOPs; the MLM head on the 15% masked tokens
   only (transform H x H and decoder H x V); fused AdamW reads and writes fp32 params, grads and moments
   (28 bytes a parameter a step), shared by the tokens of the step.
@@ -92,14 +94,17 @@ def attention_rows(c: Ceilings) -> list[dict]:
     return rows
 
 
-def e2e_seconds_per_token(c: Ceilings, size: str, max_len: int, ragged: bool, train: bool, batch: int) -> dict:
+def e2e_seconds_per_token(
+    c: Ceilings, size: str, max_len: int, ragged: bool, train: bool, batch: int, fused_ffn: bool = False
+) -> dict:
     """Per real token: seconds in GEMMs, attention, epilogues, MLM head, optimizer (the model in the header)."""
     layers, h, i = SIZES[size]
     mean, mean_sq = length_moments(max_len, ragged)
     gemm = 2.0 * (4 * h * h + 2 * h * i) * (3 if train else 1)
     attn_flops = 4.0 * (mean_sq / mean) * h * (3.5 if train else 1)
     attn_bytes = (4 + (8 if train else 0)) * h * ITEMSIZE
-    epilogue_bytes = (2 * 3 * h + 2 * i) * ITEMSIZE  # forward: two add+LN, one bias+GELU
+    gelu_fwd_units = (1 if train else 0) if fused_ffn else 2  # fused: only z, for the backward
+    epilogue_bytes = (2 * 3 * h + gelu_fwd_units * i) * ITEMSIZE  # forward: two add+LN, one bias+GELU
     if train:
         epilogue_bytes += (2 * 5 * h + 3 * i) * ITEMSIZE  # backward, hidden dropout on
     parts = {
@@ -123,10 +128,10 @@ E2E = [  # (size, workload, batch, max length, ragged, train, peer, peer real to
 ]
 
 
-def e2e_rows(c: Ceilings) -> list[dict]:
+def e2e_rows(c: Ceilings, fused_ffn: bool = False) -> list[dict]:
     rows = []
     for size, name, batch, max_len, ragged, train, peer, peer_tps, factor in E2E:
-        parts = e2e_seconds_per_token(c, size, max_len, ragged, train, batch)
+        parts = e2e_seconds_per_token(c, size, max_len, ragged, train, batch, fused_ffn)
         per_token = sum(parts.values())
         share = ", ".join(f"{k} {v / per_token:.0%}" for k, v in parts.items())
         rows.append({
@@ -141,13 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--matmul-tflops", type=float, default=680.0, help="measured bf16 matmul ceiling")
     parser.add_argument("--copy-tbs", type=float, default=3.02, help="measured copy ceiling (read + write)")
+    parser.add_argument("--fused-ffn", action="store_true", help="bias + GELU in the FFN-up GEMM's epilogue")
     args = parser.parse_args(argv)
     c = Ceilings(matmul=args.matmul_tflops * 1e12, copy=args.copy_tbs * 1e12)
     print(f"ceilings: bf16 matmul {args.matmul_tflops:g} TFLOP/s, copy {args.copy_tbs:g} TB/s\n")
     print(format_table(elementwise_rows(c) + attention_rows(c), ["workload", "bound", "floor_us", "target",
                                                                   "target_us"]))  # fmt: skip
     print()
-    print(format_table(e2e_rows(c), ["workload", "floor_Mtok_s", "peer", "peer_of_floor", "target_Mtok_s",
+    print(format_table(e2e_rows(c, args.fused_ffn), ["workload", "floor_Mtok_s", "peer", "peer_of_floor", "target_Mtok_s",
                                      "target_of_floor", "floor split"]))  # fmt: skip
 
 

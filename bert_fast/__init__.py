@@ -14,6 +14,7 @@ from .heads import (
 )
 from .inputs import InputError
 from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
+from .ops import set_fused_linear_gelu
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 from .patch import is_patched, patch, unpatch
 from .tokenizer import BertTokenizer, TokenizerError
@@ -40,5 +41,6 @@ __all__ = [
     "TokenizerError",
     "is_patched",
     "patch",
+    "set_fused_linear_gelu",
     "unpatch",
 ]

@@ -118,7 +118,7 @@ class BertIntermediate(nn.Module):
         self.approximate = config.gelu_approximate
 
     def forward(self, hidden, ops) -> torch.Tensor:
-        return ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, self.approximate)
+        return ops.linear_gelu(hidden, self.dense.weight, self.dense.bias, self.approximate)
 
 
 class BertOutput(BertSelfOutput):
@@ -347,7 +347,7 @@ class BertPredictionHeadTransform(nn.Module):
         self.approximate = config.gelu_approximate
 
     def forward(self, hidden, ops) -> torch.Tensor:
-        activated = ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, self.approximate)
+        activated = ops.linear_gelu(hidden, self.dense.weight, self.dense.bias, self.approximate)
         return ops.add_layer_norm(activated, None, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
 
 

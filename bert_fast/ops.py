@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -144,6 +145,7 @@ def _qkvpacked(attention: Callable) -> Callable:
 class Ops:
     name: str
     bias_gelu: Callable  # (x, bias, approximate) -> gelu(x + bias)
+    linear_gelu: Callable  # (x, weight, bias, approximate) -> gelu(x @ weight.T + bias): the FFN up-projection
     add_layer_norm: Callable  # (x, residual, weight, bias, eps, x_bias=, dropout_p=, return_residual=) -> y
     padded_attention: Callable  # (q, k, v, key_padding_mask, dropout_p=, softmax_scale=) -> out
     varlen_attention_qkvpacked: Callable  # (qkv, cu_seqlens, max_seqlen, dropout_p=, softmax_scale=) -> out
@@ -160,9 +162,19 @@ def _reference_add_layer_norm(x, residual, weight, bias, eps, x_bias=None, dropo
                                 return_residual=return_residual)
 
 
+def _split_linear_gelu(bias_gelu: Callable) -> Callable:
+    """The projection on cuBLAS (bias left out), then bias + GELU in one elementwise step."""
+
+    def call(x, weight, bias, approximate):
+        return bias_gelu(torch.nn.functional.linear(x, weight), bias, approximate)
+
+    return call
+
+
 REFERENCE = Ops(
     name="reference",
     bias_gelu=K.bias_gelu_ref,
+    linear_gelu=_split_linear_gelu(K.bias_gelu_ref),
     add_layer_norm=_reference_add_layer_norm,
     padded_attention=K.padded_attention_ref,
     varlen_attention_qkvpacked=_qkvpacked(K.varlen_attention_ref),
@@ -176,6 +188,41 @@ def _kernel_or_reference(name: str, reference: Callable, missing: list[str], **f
         missing.append(name)
         return reference
     return functools.partial(kernel, **fixed) if fixed else kernel
+
+
+# The FFN up-projection (and the MLM head's transform) as one Triton GEMM with bias + GELU in its epilogue
+# (bert_fast_kernels.linear_gelu) rather than cuBLAS and then the bias_gelu kernel. It saves a round trip of the
+# (tokens, 4 hidden) activation, but only pays if the Triton GEMM keeps up with cuBLAS at BERT's shapes, which
+# bench/bench_linear_gelu.py measures. Off until it has been measured on a GPU (bench/NOTES.md).
+_fused_linear_gelu = os.environ.get("BERT_FAST_FUSED_LINEAR_GELU", "0") == "1"
+
+
+def set_fused_linear_gelu(enabled: bool) -> bool:
+    """Run impl="triton"'s FFN up-projection as one fused Triton GEMM (True) or as cuBLAS + bias_gelu (False).
+
+    Returns the previous setting. The environment variable BERT_FAST_FUSED_LINEAR_GELU=1 sets it at import.
+    Half precision only (fp16 / bf16, autocast included): fp32 always takes cuBLAS, except under Triton's CPU
+    interpreter, where the tests run the fused kernel in fp32.
+    """
+    global _fused_linear_gelu
+    previous, _fused_linear_gelu = _fused_linear_gelu, bool(enabled)
+    return previous
+
+
+def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def _linear_gelu_by_setting(fused: Callable, split: Callable) -> Callable:
+    from bert_fast_kernels._common import interpreting
+
+    def call(x, weight, bias, approximate):
+        if _fused_linear_gelu and (_gemm_dtype(x) != torch.float32 or interpreting()):
+            return fused(x, weight, bias, approximate)
+        return split(x, weight, bias, approximate)
+
+    return call
 
 
 def _attention_for_head_dims(kernel: Callable, reference: Callable) -> Callable:
@@ -197,9 +244,14 @@ def _attention_for_head_dims(kernel: Callable, reference: Callable) -> Callable:
 
 def _build_triton_ops() -> Ops:
     missing: list[str] = []
+    bias_gelu = _kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing)
+    split_linear_gelu = _split_linear_gelu(bias_gelu)
     ops = Ops(
         name="triton",
-        bias_gelu=_kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing),
+        bias_gelu=bias_gelu,
+        linear_gelu=_linear_gelu_by_setting(
+            _kernel_or_reference("linear_gelu", split_linear_gelu, missing), split_linear_gelu
+        ),
         add_layer_norm=_kernel_or_reference("add_layer_norm", REFERENCE.add_layer_norm, missing),
         padded_attention=_kernel_or_reference("padded_attention", REFERENCE.padded_attention, missing),
         # The layouts build cu_seqlens themselves (forward_packed validates what callers pass), so the per-call

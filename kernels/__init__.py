@@ -15,7 +15,14 @@ else:
     from .attention_fwd import HEAD_DIMS as ATTENTION_HEAD_DIMS
     from .bias_gelu import bias_gelu
     from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
-    from .reference import add_layer_norm_ref, bias_gelu_ref, padded_attention_ref, varlen_attention_ref
+    from .linear_gelu import linear_gelu
+    from .reference import (
+        add_layer_norm_ref,
+        bias_gelu_ref,
+        linear_gelu_ref,
+        padded_attention_ref,
+        varlen_attention_ref,
+    )
     from .varlen_attention import (
         check_cu_seqlens,
         padded_attention,
@@ -35,6 +42,8 @@ else:
         "check_cu_seqlens",
         "linear_cross_entropy",
         "linear_cross_entropy_ref",
+        "linear_gelu",
+        "linear_gelu_ref",
         "padded_attention",
         "padded_attention_ref",
         "padded_dropout_mask",

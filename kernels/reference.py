@@ -47,6 +47,18 @@ def bias_gelu_ref(
     return F.gelu(h, approximate=approximate).to(out_dtype)
 
 
+def linear_gelu_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none", upcast: bool = False
+) -> torch.Tensor:
+    """y = gelu(x @ weight.T + bias): a projection followed by bias_gelu, as BERT's FFN up-projection runs.
+
+    The bias is added after the matmul's rounding (the matmul has no bias), as in the model's split form.
+    """
+    dtype = _compute_dtype(x.dtype, upcast)
+    z = F.linear(x.to(dtype), weight.to(dtype))
+    return bias_gelu_ref(z, bias, approximate).to(x.dtype)
+
+
 def add_layer_norm_ref(
     x: torch.Tensor,
     residual: torch.Tensor | None,

@@ -33,6 +33,16 @@ def test_bert_base_inference_floor_by_hand():
     assert 1 / sum(parts.values()) == pytest.approx(2.78e6, rel=0.01)
 
 
+def test_fused_ffn_floor_drops_the_forward_gelu_pass():
+    split = floors.e2e_seconds_per_token(H100, "base", 128, ragged=False, train=False, batch=256)
+    fused = floors.e2e_seconds_per_token(H100, "base", 128, ragged=False, train=False, batch=256, fused_ffn=True)
+    assert split["epilogues"] - fused["epilogues"] == pytest.approx(12 * 2 * 3072 * 2 / 3.02e12)
+    assert 1 / sum(fused.values()) == pytest.approx(3.22e6, rel=0.01)  # bench/NOTES.md §1
+    train_split = floors.e2e_seconds_per_token(H100, "base", 128, ragged=False, train=True, batch=256)
+    train_fused = floors.e2e_seconds_per_token(H100, "base", 128, ragged=False, train=True, batch=256, fused_ffn=True)
+    assert train_split["epilogues"] - train_fused["epilogues"] == pytest.approx(12 * 3072 * 2 / 3.02e12)
+
+
 def test_main_prints_both_tables(capsys):
     floors.main(["--matmul-tflops", "700", "--copy-tbs", "3"])
     out = capsys.readouterr().out

@@ -9,7 +9,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("--sizes", nargs="+", default=["base", "large"], help="model sizes (presets)")
     parser.add_argument("--workloads", nargs="+", help="subset of workload names (default: all)")
-    parser.add_argument("--providers", nargs="+", help="subset of providers (default: all)")
+    parser.add_argument("--providers", nargs="+",
+                        help="providers to run (default: all but bert_fast+fused-ffn, which is opt-in)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--output", type=Path, help="also write the rows as JSON lines here")

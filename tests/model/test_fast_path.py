@@ -21,7 +21,7 @@ def max_real_error(a, b, mask):
     return (a[real] - b[real]).abs().max().item()
 
 
-def test_encoder_matches_reference():
+def test_encoder_matches_reference(ffn_gemm):
     config = tiny_config()
     reference, fast = paired(bert_fast.BertModel, config)
     batch = random_batch(config, batch=4, seq=17, lengths=[17, 1, 9, 16])
@@ -44,7 +44,7 @@ def test_unpadded_batch_matches():
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_pretraining_loss_and_gradients_match(training):
+def test_pretraining_loss_and_gradients_match(training, ffn_gemm):
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     reference, fast = paired(bert_fast.BertForPreTraining, config)
     reference.train(training)
@@ -130,8 +130,8 @@ def _replay_ops():
         q, k, v = qkv.unbind(1)
         return K.varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, dropout_mask=mask)
 
-    return ops.Ops("replay", ops.REFERENCE.bias_gelu, add_layer_norm, ops.REFERENCE.padded_attention, attention,
-                   packed=True)
+    return ops.Ops("replay", ops.REFERENCE.bias_gelu, ops.REFERENCE.linear_gelu, add_layer_norm,
+                   ops.REFERENCE.padded_attention, attention, packed=True)
 
 
 def test_dropout_matches_reference_with_the_kernels_masks(monkeypatch):

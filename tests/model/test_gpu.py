@@ -33,7 +33,7 @@ def test_minilm_bf16_against_hf_fp32(minilm_dir):
 
 
 @pytest.mark.parametrize("size", ["base"])
-def test_random_base_bf16_against_hf_fp32(size):
+def test_random_base_bf16_against_hf_fp32(size, ffn_gemm):
     config = bert_fast.BertConfig.preset(size, num_hidden_layers=4)
     hf = transformers.BertModel(hf_config(config, "sdpa")).cuda().eval()
     ours = bert_fast.BertModel(config, impl="triton")
@@ -46,7 +46,7 @@ def test_random_base_bf16_against_hf_fp32(size):
     assert per_token_cosine(out, ref, batch["attention_mask"]).min() >= 0.999
 
 
-def test_convergence_30_steps_bf16():
+def test_convergence_30_steps_bf16(ffn_gemm):
     """30 MLM+NSP steps: reference and fused paths give the same per-step losses within bf16 tolerance."""
     config = bert_fast.BertConfig.preset("mini", vocab_size=2000, hidden_dropout_prob=0.0,
                                          attention_probs_dropout_prob=0.0)

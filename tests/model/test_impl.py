@@ -54,3 +54,40 @@ def test_packed_layout_round_trip():
     back = layout.unpack(packed)
     assert torch.equal(back[mask.bool()], x[mask.bool()]) and not back[~mask.bool()].any()
     assert torch.equal(layout.first_tokens(packed), x[:, 0])
+
+
+def _ops_called(fn) -> set[str]:
+    """Names of the ATen and custom ops fn() runs (a dispatch mode sees every op below autograd)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        fn()
+    return recorder.names
+
+
+def test_fused_linear_gelu_setting_picks_the_ffn_gemm():
+    """Off (the default until measured): cuBLAS then the bias_gelu kernel. On: one linear_gelu GEMM; the output
+    is the same either way."""
+    ffn = ops.triton_ops().linear_gelu
+    x, weight, bias = torch.randn(5, 16), torch.randn(24, 16) / 4, torch.randn(24)
+    previous = bert_fast.set_fused_linear_gelu(False)
+    try:
+        split = _ops_called(lambda: ffn(x, weight, bias, "none"))
+        y_split = ffn(x, weight, bias, "none")
+        bert_fast.set_fused_linear_gelu(True)
+        fused = _ops_called(lambda: ffn(x, weight, bias, "none"))
+        y_fused = ffn(x, weight, bias, "none")
+    finally:
+        bert_fast.set_fused_linear_gelu(previous)
+    assert "bert_fast.bias_gelu_fwd" in split and "bert_fast.linear_gelu_fwd" not in split
+    assert "bert_fast.linear_gelu_fwd" in fused and "bert_fast.bias_gelu_fwd" not in fused
+    torch.testing.assert_close(y_fused, y_split, rtol=1e-5, atol=1e-5)
