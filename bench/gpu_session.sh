@@ -6,8 +6,8 @@
 #   bash bench/gpu_session.sh kernels        ceilings + elementwise + attention benchmarks ("ceilings", "elementwise",
 #                                            "attention": one each)
 #   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
-#   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor,
-#                                            then end to end with it on and off (decides set_fused_linear_gelu's default)
+#   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor;
+#                                            "ffn-e2e": BERT-base end to end with it on and off (one call each)
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
 # soon as it ends, and e2e rows are appended as they are measured, so a call cut off at its time limit keeps
@@ -62,7 +62,8 @@ case "${1:-tests}" in
     save e2e.jsonl e2e_large.md e2e_large.png ;;
   ffn)
     python -m bench.bench_linear_gelu 2>&1 | tee "$OUT/bench_linear_gelu.log"
-    save linear_gelu.jsonl
+    save linear_gelu.jsonl ;;
+  ffn-e2e)
     python -m bench.bench_e2e --sizes base --name e2e_fused_ffn \
       --workloads infer-B256-S128,infer-B64-S512-ragged,train-B256-S128 \
       --providers bert_fast,bert_fast+fused-ffn,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_fused_ffn.log"
