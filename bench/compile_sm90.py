@@ -133,6 +133,7 @@ def compile_variant(v: Variant, workdir: Path) -> dict:
         ok=not problems, error="; ".join(problems) or None, registers=registers, spill_bytes=max(spills, default=0),
         shared_bytes=shared, loads_16B=len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.b32", ptx)),
         async_copies_16B=len(re.findall(r"cp\.async\.cg\.shared\.global", ptx)),  # cg: 16-byte copies only
+        tma=len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
         wgmma=len(re.findall(r"wgmma\.mma_async", ptx)),
         seconds=round(time.perf_counter() - start, 2),
     )  # fmt: skip
@@ -218,23 +219,38 @@ def attention_variants(dtypes: list[str], head_dims, quick: bool) -> list[Varian
 
 
 def gemm_variants(dtypes: list[str], quick: bool) -> list[Variant]:
-    """linear_gelu: every autotune config (fp16 / bf16) or the fixed fp32 config, inference (y only) and training
-    (z stored too), at BERT's FFN shapes (K and N multiples of 16; the launcher passes unit K strides as constants)."""
+    """linear_gelu, both variants: every autotune config (fp16 / bf16) or the fixed fp32 config, inference (y only)
+    and training (z stored too), at BERT's FFN shapes (K and N multiples of 16; the tiled kernel's launcher passes
+    unit K strides as constants; the persistent kernel takes TMA descriptors whose boxes are the config's tiles)."""
     out = []
     for dt in dtypes:
         act = DTYPES[dt]
-        if dt == "fp32":
-            configs = [("fixed", gemm.FP32_CONFIG)]
-        else:
-            configs = list(enumerate(gemm.CONFIGS[:1] if quick else gemm.CONFIGS))
-        for (name, c), store_z in itertools.product(configs, (False, True)):
-            out.append(Variant(
-                f"{dt} store_z={store_z} config {name} {c.kwargs}", gemm._linear_gelu_kernel,
-                {"X": act, "W": act, "BIAS": "*fp32", "Y": act, "Z": act if store_z else None},
-                {"HAS_BIAS": True, "STORE_Z": store_z, "APPROX_TANH": False, "EVEN_K": True,
-                 "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32", "stride_xk": 1, "stride_wk": 1, **c.kwargs},
-                c.num_warps, c.num_stages, aligned_args=("N", "K", "stride_xm", "stride_wn"),
-            ))  # fmt: skip
+        precision = {"DOT_PRECISION": "ieee" if dt == "fp32" else "tf32"}
+        variants = [("tiled", gemm.CONFIGS)] + ([] if dt == "fp32" else [("persistent", gemm.PERSISTENT_CONFIGS)])
+        for variant, configs in variants:  # fp32 always runs the tiled kernel
+            if dt == "fp32":
+                configs = [("fixed", gemm.FP32_CONFIG)]
+            else:
+                configs = list(enumerate(configs[:1] if quick else configs))
+            for (name, c), store_z in itertools.product(configs, (False, True)):
+                label = f"{dt} {variant} store_z={store_z} config {name} {c.kwargs}"
+                consts = {"HAS_BIAS": True, "STORE_Z": store_z, "APPROX_TANH": False, **precision, **c.kwargs}
+                if variant == "tiled":
+                    out.append(Variant(
+                        label, gemm._linear_gelu_kernel,
+                        {"X": act, "W": act, "BIAS": "*fp32", "Y": act, "Z": act if store_z else None},
+                        {**consts, "EVEN_K": True, "stride_xk": 1, "stride_wk": 1},
+                        c.num_warps, c.num_stages, aligned_args=("N", "K", "stride_xm", "stride_wn"),
+                    ))  # fmt: skip
+                    continue
+                bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+                out_box = f"tensordesc<{dt}[{bm}, {bn}]>"
+                out.append(Variant(
+                    label, gemm._linear_gelu_persistent_kernel,
+                    {"x_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "w_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
+                     "y_desc": out_box, "z_desc": out_box if store_z else None, "BIAS": "*fp32"},
+                    {**consts, "NUM_PROGRAMS": 132}, c.num_warps, c.num_stages, aligned_args=("N", "K"),
+                ))  # fmt: skip
     return out
 
 
@@ -268,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{status} {row['kernel']:42s} {row['variant']:70s} w={v.num_warps:2d} s={v.num_stages} "
                 f"regs={row.get('registers', '-'):>3} spill={row.get('spill_bytes', '-'):>4} "
                 f"smem={row.get('shared_bytes', '-'):>6} ld16B={row.get('loads_16B', '-'):>3} "
-                f"cp16B={row.get('async_copies_16B', '-'):>3} wgmma={row.get('wgmma', '-'):>3} {detail}",
+                f"cp16B={row.get('async_copies_16B', '-'):>3} tma={row.get('tma', '-'):>2} wgmma={row.get('wgmma', '-'):>3} "
+                f"{detail}",
                 flush=True,
             )
     for row in rows:

@@ -66,7 +66,7 @@ case "${1:-tests}" in
   ffn-e2e)
     python -m bench.bench_e2e --sizes base --name e2e_fused_ffn \
       --workloads infer-B256-S128,infer-B64-S512-ragged,train-B256-S128 \
-      --providers bert_fast,bert_fast+fused-ffn,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_fused_ffn.log"
+      --providers bert_fast,bert_fast+fused-ffn,bert_fast+fused-ffn-persistent,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_fused_ffn.log"
     save e2e.jsonl e2e_fused_ffn.md e2e_fused_ffn.png ;;
   *)
     echo "unknown stage $1"; exit 2 ;;

@@ -5,9 +5,9 @@ Workloads (bf16 on CUDA; real tokens counted, padding never):
 - training step (MLM + NSP, 15% of real tokens labelled, AdamW fused, autocast bf16): B256 x S128 all full;
   B32 x S512 ragged;
 - small-batch latency: B1 x S16 and B1 x S128 (ours also through CUDA graphs).
-Providers: ours (impl="triton"; "+graphs" through CUDA graphs, "+fused-ffn" with the FFN up-projection as one
-Triton GEMM with the GELU in its epilogue, see bert_fast.set_fused_linear_gelu), HF eager, HF sdpa,
-torch.compile(HF sdpa). Every provider gets the same
+Providers: ours (impl="triton"; "+graphs" through CUDA graphs, "+fused-ffn" / "+fused-ffn-persistent" with the
+FFN up-projection as one Triton GEMM with the GELU in its epilogue, see bert_fast.set_fused_linear_gelu), HF eager,
+HF sdpa, torch.compile(HF sdpa). Every provider gets the same
 weights. Time is the median of CUDA-event-timed iterations after warm-up; peak memory is torch's allocator peak.
 """
 
@@ -42,10 +42,12 @@ WORKLOADS = [
     Workload("latency-B1-S16", "latency", 1, 16, False),
     Workload("latency-B1-S128", "latency", 1, 128, False),
 ]
-PROVIDERS = ["bert_fast", "bert_fast+graphs", "bert_fast+fused-ffn", "hf-eager", "hf-sdpa", "hf-sdpa+compile"]
-# Run when no providers are named. "+fused-ffn" is an opt-in setting still to be measured: asked for by name
-# (bench/gpu_session.sh ffn), so the default run keeps to one device call.
-DEFAULT_PROVIDERS = [p for p in PROVIDERS if p != "bert_fast+fused-ffn"]
+# "+fused-ffn" runs with bert_fast.set_fused_linear_gelu("tiled"), "+fused-ffn-persistent" with "persistent".
+FUSED_FFN = {"bert_fast+fused-ffn": "tiled", "bert_fast+fused-ffn-persistent": "persistent"}
+PROVIDERS = ["bert_fast", "bert_fast+graphs", *FUSED_FFN, "hf-eager", "hf-sdpa", "hf-sdpa+compile"]
+# Run when no providers are named. The fused-FFN settings are opt-in and still to be measured: asked for by name
+# (bench/gpu_session.sh ffn-e2e), so the default run keeps to one device call.
+DEFAULT_PROVIDERS = [p for p in PROVIDERS if p not in FUSED_FFN]
 
 
 def make_batch(workload: Workload, vocab_size: int, device, generator: torch.Generator) -> dict:
@@ -144,11 +146,11 @@ def run_one(provider: str, workload: Workload, config: BertConfig, state: dict, 
     if workload.mode == "train":
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     fn = step_fn(model, batch, workload.mode, optimizer)
-    previous = set_fused_linear_gelu(True) if provider == "bert_fast+fused-ffn" else None
+    previous = set_fused_linear_gelu(FUSED_FFN[provider]) if provider in FUSED_FFN else None
     try:
         ms = time_ms(fn, warmup, iters)
     finally:
-        if previous is not None:
+        if provider in FUSED_FFN:
             set_fused_linear_gelu(previous)
     real_tokens = int(batch["attention_mask"].sum())
     row = {"workload": workload.name, "provider": provider, "mode": workload.mode, "batch": workload.batch,

@@ -193,19 +193,34 @@ def _kernel_or_reference(name: str, reference: Callable, missing: list[str], **f
 # The FFN up-projection (and the MLM head's transform) as one Triton GEMM with bias + GELU in its epilogue
 # (bert_fast_kernels.linear_gelu) rather than cuBLAS and then the bias_gelu kernel. It saves a round trip of the
 # (tokens, 4 hidden) activation, but only pays if the Triton GEMM keeps up with cuBLAS at BERT's shapes, which
-# bench/bench_linear_gelu.py measures. Off until it has been measured on a GPU (bench/NOTES.md).
-_fused_linear_gelu = os.environ.get("BERT_FAST_FUSED_LINEAR_GELU", "0") == "1"
+# bench/bench_linear_gelu.py measures. Off until it has been measured on a GPU (bench/NOTES.md). The setting is
+# False (off) or the kernel variant to run: "tiled" or "persistent".
+FUSED_LINEAR_GELU_SETTINGS = (False, "tiled", "persistent")
 
 
-def set_fused_linear_gelu(enabled: bool) -> bool:
-    """Run impl="triton"'s FFN up-projection as one fused Triton GEMM (True) or as cuBLAS + bias_gelu (False).
+def _fused_setting(value: bool | str) -> bool | str:
+    if value is True:
+        return "tiled"
+    if value not in FUSED_LINEAR_GELU_SETTINGS:
+        raise ValueError(f"fused linear_gelu setting must be True, False, 'tiled' or 'persistent', got {value!r}")
+    return value
 
-    Returns the previous setting. The environment variable BERT_FAST_FUSED_LINEAR_GELU=1 sets it at import.
-    Half precision only (fp16 / bf16, autocast included): fp32 always takes cuBLAS, except under Triton's CPU
-    interpreter, where the tests run the fused kernel in fp32.
+
+_ENV_SETTING = os.environ.get("BERT_FAST_FUSED_LINEAR_GELU", "0")
+_fused_linear_gelu = _fused_setting({"0": False, "1": True}.get(_ENV_SETTING, _ENV_SETTING))
+
+
+def set_fused_linear_gelu(setting: bool | str) -> bool | str:
+    """Run impl="triton"'s FFN up-projection as one fused Triton GEMM, or as cuBLAS + bias_gelu (False).
+
+    setting: False, True (the "tiled" kernel), "tiled" or "persistent" (one program per SM, TMA; Hopper and newer).
+    Returns the previous setting, so `set_fused_linear_gelu(previous)` restores it. The environment variable
+    BERT_FAST_FUSED_LINEAR_GELU (0, 1, tiled, persistent) sets it at import. Half precision only (fp16 / bf16,
+    autocast included): fp32 always takes cuBLAS, except under Triton's CPU interpreter, where the tests run the
+    fused kernel in fp32.
     """
     global _fused_linear_gelu
-    previous, _fused_linear_gelu = _fused_linear_gelu, bool(enabled)
+    previous, _fused_linear_gelu = _fused_linear_gelu, _fused_setting(setting)
     return previous
 
 
@@ -219,7 +234,7 @@ def _linear_gelu_by_setting(fused: Callable, split: Callable) -> Callable:
 
     def call(x, weight, bias, approximate):
         if _fused_linear_gelu and (_gemm_dtype(x) != torch.float32 or interpreting()):
-            return fused(x, weight, bias, approximate)
+            return fused(x, weight, bias, approximate, variant=_fused_linear_gelu)
         return split(x, weight, bias, approximate)
 
     return call

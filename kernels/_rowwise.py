@@ -65,5 +65,13 @@ def persistent_programs(
     return max(1, min(n_tiles, budget))
 
 
+def programs_per_sm(device: torch.device) -> int:
+    """Programs for a persistent kernel that keeps one program on each SM (three under the interpreter, so the
+    tile loop of each runs more than once in tests)."""
+    if device.type != "cuda" or interpreting():
+        return 3
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def block_n(n_cols: int) -> int:
     return max(MIN_BLOCK_N, triton.next_power_of_2(n_cols))

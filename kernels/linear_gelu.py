@@ -11,6 +11,11 @@ BLOCK_K slices with fp32 accumulation, programs ordered in groups of GROUP_M row
 share x tiles and weight tiles in L2. Row and column indices past the edge wrap around (mod M, mod N) for the
 loads, so the main loop needs no row or column masks; the stores are masked.
 
+Two kernels compute it (`variant`): "tiled", one program per output tile with cp.async loads, and "persistent",
+one program per SM walking the tiles with TMA loads and stores, its tile and K loops pipelined as one so that a
+tile's epilogue overlaps the next tile's loads (Hopper and newer, fp16 / bf16, 16-byte aligned rows; otherwise
+the tiled kernel runs). bench/bench_linear_gelu.py times both against cuBLAS + bias_gelu.
+
 Training: with store_preact the epilogue also writes z = x W^T (before the bias, x's dtype), exactly the tensor the
 split form's GEMM writes, and the backward is the split form's: dz, dbias from the bias_gelu backward kernel, then
 dx = dz W and dW = dz^T x on cuBLAS. So the fused forward saves one read of z and changes no gradient.
@@ -28,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._common import check_float_dtype, check_kernel_device, interpreting
-from ._rowwise import as_rows
+from ._rowwise import as_rows, programs_per_sm
 from .bias_gelu import APPROXIMATIONS, _bias_gelu_bwd_op, _gelu
 
 
@@ -99,6 +104,53 @@ def _linear_gelu_kernel(
     tl.store(Y + out_offsets, _gelu(acc, APPROX_TANH).to(Y.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _linear_gelu_persistent_kernel(
+    x_desc,  # TMA descriptors: x (M, K) in BLOCK_M x BLOCK_K boxes, weight (N, K) in BLOCK_N x BLOCK_K boxes,
+    w_desc,  # y and z (M, N) in BLOCK_M x BLOCK_N boxes; z_desc is None unless STORE_Z
+    y_desc,
+    z_desc,
+    BIAS,  # (N,) or None
+    M,
+    N,
+    K,
+    m_bucket,  # autotune key only: next power of two of M
+    HAS_BIAS: tl.constexpr,
+    STORE_Z: tl.constexpr,
+    APPROX_TANH: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr,
+):
+    """The same GEMM and epilogue, persistent: one program per SM walks the output tiles (in the grouped order), and
+    the tile and K loops are flattened into one software pipeline, so the next tile's TMA loads are in flight while
+    this tile's epilogue runs. TMA boxes clip at the edges (loads fill zeros, stores drop what lies outside): no
+    masks, and no wrap-around indices."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True):
+        group = tile // (GROUP_M * tiles_n)
+        first_m = group * GROUP_M
+        group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+        off_m = (first_m + (tile % (GROUP_M * tiles_n)) % group_rows) * BLOCK_M
+        off_n = ((tile % (GROUP_M * tiles_n)) // group_rows) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k_steps):
+            a = x_desc.load([off_m, k * BLOCK_K])
+            b = w_desc.load([off_n, k * BLOCK_K])
+            acc = tl.dot(a, b.T, acc, input_precision=DOT_PRECISION)
+        if STORE_Z:
+            z_desc.store([off_m, off_n], acc.to(z_desc.dtype))
+        if HAS_BIAS:
+            cols = off_n + tl.arange(0, BLOCK_N)
+            acc += tl.load(BIAS + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        y_desc.store([off_m, off_n], _gelu(acc, APPROX_TANH).to(y_desc.dtype))
+
+
 # Launch configurations. Hopper, bf16/fp16: the tile shapes of Triton's matmul tutorial for sm_90. The three that
 # hold 128 accumulator values a thread spill 88-372 B in the GELU epilogue (once per tile, not in the K loop;
 # bench/compile_sm90.py, bench/NOTES.md §5); the autotuner decides by time. The key is the GEMM shape with M
@@ -128,6 +180,70 @@ def _launch(dtype: torch.dtype, config: triton.Config | None):
     if config is None:
         config = INTERPRETER_CONFIG if interpreting() else FP32_CONFIG
     return _kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def _set_boxes(nargs: dict) -> None:
+    """Autotune pre-hook: the TMA descriptors' boxes follow the tile shape of the config being launched."""
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["x_desc"].block_shape = [bm, bk]
+    nargs["w_desc"].block_shape = [bn, bk]
+    for out in ("y_desc", "z_desc"):
+        if nargs[out] is not None:
+            nargs[out].block_shape = [bm, bn]
+
+
+# The persistent kernel's candidates: Hopper tiles with room in shared memory for the pipeline stages plus the
+# staging of the output box a TMA store needs.
+PERSISTENT_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3,
+                  pre_hook=_set_boxes),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4,
+                  pre_hook=_set_boxes),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4,
+                  pre_hook=_set_boxes),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4,
+                  pre_hook=_set_boxes),
+]  # fmt: skip
+_tuned_persistent = triton.autotune(configs=PERSISTENT_CONFIGS, key=AUTOTUNE_KEY)(_linear_gelu_persistent_kernel)
+VARIANTS = ("tiled", "persistent")
+# The tiled kernel until a GPU run says otherwise (bench/bench_linear_gelu.py times both).
+DEFAULT_VARIANT = "tiled"
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors need a 16-byte aligned base, a unit last stride and 16-byte aligned row strides."""
+    return all(
+        t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors
+    )
+
+
+def _launch_persistent(x2, weight, bias, y2, z2, approximate: str, config: triton.Config | None) -> None:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    (m, k), n = x2.shape, weight.shape[0]
+    if config is None and not interpreting():  # half precision on a GPU: fp32 never comes here (linear_gelu_fwd)
+        kernel, launch = _tuned_persistent, {}
+    else:
+        config = config or INTERPRETER_CONFIG
+        kernel, launch = _linear_gelu_persistent_kernel, {
+            **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}  # fmt: skip
+    bm, bn, bk = (launch.get(name, 64) for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))  # the pre-hook resets these
+    descs = [
+        TensorDescriptor.from_tensor(x2, [bm, bk]),
+        TensorDescriptor.from_tensor(weight, [bn, bk]),
+        TensorDescriptor.from_tensor(y2, [bm, bn]),
+        None if z2 is None else TensorDescriptor.from_tensor(z2, [bm, bn]),
+    ]
+    programs = programs_per_sm(x2.device)
+
+    def grid(meta):
+        return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+    kernel[grid](
+        *descs, bias, m, n, k, triton.next_power_of_2(m),
+        HAS_BIAS=bias is not None, STORE_Z=z2 is not None, APPROX_TANH=approximate == "tanh",
+        DOT_PRECISION=dot_precision(x2.dtype), NUM_PROGRAMS=programs, **launch,
+    )  # fmt: skip
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -168,20 +284,35 @@ def linear_gelu_fwd(
     approximate: str = "none",
     store_preact: bool = False,
     config: triton.Config | None = None,
+    variant: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(y, z): y = gelu(x W^T + bias), and z = x W^T (before the bias) when store_preact, else None.
 
     No autograd (benchmarks time this directly). `config` pins one launch configuration (tests, benchmarks).
+    `variant`: "tiled" (one program per output tile) or "persistent" (one program per SM, TMA loads and stores;
+    Hopper and newer; fp16 / bf16); None is DEFAULT_VARIANT. The tiled kernel takes the persistent one's place for
+    fp32 and when the tensors do not meet TMA's alignment rules.
     """
     n, k = _check(x, weight, bias, approximate)
+    variant = variant or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"linear_gelu: variant must be one of {VARIANTS}, got {variant!r}")
     x2 = as_rows(x, k)
     m = x2.shape[0]
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     z = torch.empty_like(y) if store_preact else None
     if m == 0:
         return y, z
-    kernel, launch = _launch(x.dtype, config)
     bias = bias.contiguous() if bias is not None else None
+    if variant == "persistent" and (x.dtype != torch.float32 or interpreting()):  # the interpreter: tests in fp32
+        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 9:
+            raise ValueError("linear_gelu: variant='persistent' needs TMA (compute capability 9.0 or newer)")
+        outputs = [y.view(m, n)] + ([z.view(m, n)] if z is not None else [])
+        if tma_ready(x2, weight, *outputs):
+            _launch_persistent(x2, weight, bias, y.view(m, n), None if z is None else z.view(m, n), approximate,
+                               config)
+            return y, z
+    kernel, launch = _launch(x.dtype, config)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
@@ -202,20 +333,21 @@ def linear_gelu_fwd(
 
 @torch.library.custom_op("bert_fast::linear_gelu_fwd", mutates_args=())
 def _linear_gelu_fwd_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str, store_preact: bool
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str, store_preact: bool,
+    variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    y, z = linear_gelu_fwd(x, weight, bias, approximate, store_preact)
+    y, z = linear_gelu_fwd(x, weight, bias, approximate, store_preact, variant=variant)
     return y, (z if z is not None else x.new_empty(0))
 
 
 @_linear_gelu_fwd_op.register_fake
-def _(x, weight, bias, approximate, store_preact):
+def _(x, weight, bias, approximate, store_preact, variant):
     y = x.new_empty((*x.shape[:-1], weight.shape[0]))
     return y, (torch.empty_like(y) if store_preact else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, approximate, store_preact = inputs
+    x, weight, bias, approximate, store_preact, _variant = inputs
     _, z = output
     ctx.save_for_backward(x, weight, bias, z)
     ctx.approximate = approximate
@@ -235,18 +367,23 @@ def _backward(ctx, dy, _dz):
     dz2 = dz.reshape(-1, n)
     dx = (dz2 @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
     dweight = dz2.t() @ x.reshape(-1, k) if ctx.needs_input_grad[1] else None
-    return dx, dweight, (dbias if need_dbias else None), None, None
+    return dx, dweight, (dbias if need_dbias else None), None, None, None
 
 
 _linear_gelu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_gelu(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, approximate: str = "none"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    approximate: str = "none",
+    variant: str | None = None,
 ) -> torch.Tensor:
     """y = gelu(x @ weight.T + bias) as one Triton GEMM; differentiable in x, weight and bias (bias may be None).
 
     Under autocast, x and weight are cast to the autocast dtype first (what F.linear does); bias may stay wider.
+    `variant`: "tiled" or "persistent" (see linear_gelu_fwd); None is DEFAULT_VARIANT.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -254,5 +391,8 @@ def linear_gelu(
         x, weight = x.to(dtype), weight.to(dtype)
     _check(x, weight, bias, approximate)  # here too, so a bad call fails while torch.compile traces
     store_preact = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    y, _ = _linear_gelu_fwd_op(x, weight, bias, approximate, store_preact)
+    variant = variant or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"linear_gelu: variant must be one of {VARIANTS}, got {variant!r}")
+    y, _ = _linear_gelu_fwd_op(x, weight, bias, approximate, store_preact, variant)
     return y

@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sizes", nargs="+", default=["base", "large"], help="model sizes (presets)")
     parser.add_argument("--workloads", nargs="+", help="subset of workload names (default: all)")
     parser.add_argument("--providers", nargs="+",
-                        help="providers to run (default: all but bert_fast+fused-ffn, which is opt-in)")
+                        help="providers to run (default: all but the opt-in bert_fast+fused-ffn ones)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--output", type=Path, help="also write the rows as JSON lines here")

@@ -4,7 +4,8 @@ The interpreter runs the kernels' Python, not Triton's compiler, so a kernel can
 fail to compile, or ask for more shared memory or registers than an H100 gives a block. These tests run
 bench/compile_sm90.py (in a subprocess: it switches the interpreter off) on the BERT-base shapes: the elementwise
 kernels at hidden 768 and 3072, the attention kernels at head dim 64 in bf16 (first autotune config) and in fp32
-(its fixed config), with and without dropout, and the fused FFN GEMM (linear_gelu) in bf16 and fp32. `python -m bench.compile_sm90` sweeps every config and dtype.
+(its fixed config), with and without dropout, and the fused FFN GEMM (linear_gelu, both variants) in bf16 and
+fp32. `python -m bench.compile_sm90` sweeps every config and dtype.
 The numerical GPU tests are the ones marked gpu.
 """
 
@@ -59,11 +60,13 @@ def test_attention_kernels_compile_within_hopper_limits(tmp_path):
 
 
 def test_linear_gelu_compiles_to_tensor_core_pipelines(tmp_path):
-    """The fused FFN GEMM: half precision on Hopper's wgmma, fed by 16-byte async copies; fp32 on CUDA cores."""
+    """The fused FFN GEMM: half precision on Hopper's wgmma, fed by 16-byte async copies (tiled) or TMA
+    (persistent); fp32 (tiled only) on CUDA cores."""
     rows = compile_rows(tmp_path, "--quick", "--only", "gemm", "--dtypes", "bf16,fp32")
-    assert len(rows) == 4  # 2 dtypes x (y only, y and z)
+    assert len(rows) == 6  # (bf16 tiled, bf16 persistent, fp32 tiled) x (y only, y and z)
     assert all(row["ok"] for row in rows), [row for row in rows if not row["ok"]]
     for row in rows:
-        assert row["async_copies_16B"] > 0, row
+        persistent = " persistent " in row["variant"]
+        assert (row["tma"] > 0) == persistent and (row["async_copies_16B"] > 0) != persistent, row
         assert (row["wgmma"] > 0) == row["variant"].startswith("bf16"), row
         assert 0 < row["shared_bytes"] <= 232_448, row

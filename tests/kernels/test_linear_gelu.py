@@ -5,11 +5,13 @@ N and K); the tests marked gpu repeat the checks in all three dtypes at BERT's F
 configuration pinned in turn, and under torch.compile.
 """
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from bert_fast_kernels import linear_gelu, linear_gelu_ref
-from bert_fast_kernels.linear_gelu import CONFIGS, linear_gelu_fwd
+from bert_fast_kernels.linear_gelu import CONFIGS, PERSISTENT_CONFIGS, linear_gelu_fwd
 from tolerance import assert_within_pytorch_error
 
 ATOL = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 4e-3}
@@ -36,10 +38,10 @@ def run(fn, inputs, dy, **kwargs):
     return out, {k: v.grad for k, v in inputs.items() if v is not None}
 
 
-def check_three_way(inputs, approximate="none", fn=linear_gelu):
+def check_three_way(inputs, approximate="none", variant="tiled"):
     x, weight = inputs["x"], inputs["weight"]
     dy = torch.randn(*x.shape[:-1], weight.shape[0], device=x.device).to(x.dtype)
-    out, grads = run(fn, leaves(inputs), dy, approximate=approximate)
+    out, grads = run(linear_gelu, leaves(inputs), dy, approximate=approximate, variant=variant)
     out_pt, grads_pt = run(linear_gelu_ref, leaves(inputs), dy, approximate=approximate)
     out_ref, grads_ref = run(linear_gelu_ref, leaves(inputs, torch.float64), dy, approximate=approximate)
     assert out.dtype == x.dtype
@@ -55,24 +57,41 @@ def check_three_way(inputs, approximate="none", fn=linear_gelu):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CPU (interpreter; 32 x 32 x 32 tiles, so these shapes have partial tiles in every dimension)
+# CPU (interpreter; 32 x 32 x 32 tiles, so these shapes have partial tiles in every dimension; the persistent
+# kernel runs 3 programs, so each walks several tiles, and takes shapes that meet TMA's 16-byte alignment)
 # ---------------------------------------------------------------------------------------------------------------
 
 CASES = [  # (dtype, leading shape, K, N)
     (torch.float32, (1,), 1, 1),
     (torch.float32, (3,), 7, 5),
     (torch.float32, (37,), 64, 96),  # K a multiple of the K tile: the unmasked loop
-    (torch.float32, (2, 35), 100, 33),
-    (torch.float16, (1,), 16, 3),
-    (torch.float16, (70,), 96, 130),
+    (torch.float32, (2, 35), 100, 36),
+    (torch.float16, (1,), 16, 8),
+    (torch.float16, (70,), 96, 136),
     (torch.float16, (3, 11), 33, 64),
 ]
 
 
+@pytest.mark.parametrize("variant", ["tiled", "persistent"])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("dtype,m_shape,k,n", CASES, ids=lambda v: str(v).replace("torch.", ""))
-def test_matches_reference(dtype, m_shape, k, n, approximate):
-    check_three_way(make_inputs(m_shape, k, n, dtype), approximate)
+def test_matches_reference(dtype, m_shape, k, n, approximate, variant):
+    check_three_way(make_inputs(m_shape, k, n, dtype), approximate, variant)
+
+
+def test_persistent_takes_the_tiled_kernel_where_tma_cannot_go(monkeypatch):
+    """TMA needs 16-byte aligned rows: K = 33 halves (66-byte rows) runs the tiled kernel, and gives its numbers."""
+    module = sys.modules["bert_fast_kernels.linear_gelu"]
+    launches = []
+    persistent = module._launch_persistent
+    monkeypatch.setattr(module, "_launch_persistent", lambda *a, **k: launches.append(1) or persistent(*a, **k))
+    aligned = make_inputs((20,), 32, 48, torch.float16)
+    linear_gelu_fwd(**aligned, variant="persistent")
+    assert launches == [1]
+    odd = make_inputs((20,), 33, 48, torch.float16)
+    y, _ = linear_gelu_fwd(**odd, variant="persistent")
+    assert launches == [1]
+    assert torch.equal(y, linear_gelu_fwd(**odd, variant="tiled")[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -158,6 +177,8 @@ def test_bad_inputs_raise_clear_errors():
         linear_gelu(x, w, approximate="relu")
     with pytest.raises(ValueError, match="different devices"):
         linear_gelu(x, torch.randn(8, 16, device="meta"))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        linear_gelu(x, w, variant="stream-k")
 
 
 def test_custom_op_registration():
@@ -165,7 +186,8 @@ def test_custom_op_registration():
 
     lv = leaves(make_inputs((5,), 24, 40, torch.float32))
     for store_preact in (False, True):
-        opcheck(torch.ops.bert_fast.linear_gelu_fwd.default, (lv["x"], lv["weight"], lv["bias"], "none", store_preact),
+        args = (lv["x"], lv["weight"], lv["bias"], "none", store_preact, "tiled")
+        opcheck(torch.ops.bert_fast.linear_gelu_fwd.default, args,
                 test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))  # fmt: skip
 
 
@@ -188,21 +210,25 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["tiled", "persistent"])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("m_shape,k,n", [((1,), 768, 3072), ((3, 7), 33, 65), ((4096,), 768, 3072),
                                          ((2, 333), 1024, 4096), ((129,), 1000, 1001)])  # fmt: skip
-def test_gpu_matches_reference(dtype, m_shape, k, n, approximate):
-    check_three_way(make_inputs(m_shape, k, n, dtype, device="cuda"), approximate)
+def test_gpu_matches_reference(dtype, m_shape, k, n, approximate, variant):
+    check_three_way(make_inputs(m_shape, k, n, dtype, device="cuda"), approximate, variant)
+
+
+ALL_CONFIGS = [("tiled", c) for c in CONFIGS] + [("persistent", c) for c in PERSISTENT_CONFIGS]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("config", range(len(CONFIGS)))
-def test_gpu_every_config(dtype, config):
+@pytest.mark.parametrize("variant,config", ALL_CONFIGS, ids=[f"{v}-{i}" for i, (v, _) in enumerate(ALL_CONFIGS)])
+def test_gpu_every_config(dtype, variant, config):
     """Each autotune candidate pinned in turn, on a shape with edge tiles in M: whichever wins must be right."""
     inputs = make_inputs((1000,), 768, 3072, dtype, bias_dtype=torch.float32, device="cuda")
-    y, z = linear_gelu_fwd(**inputs, store_preact=True, config=CONFIGS[config])
+    y, z = linear_gelu_fwd(**inputs, store_preact=True, config=config, variant=variant)
     z_pt = F.linear(inputs["x"], inputs["weight"])
     y_ref = linear_gelu_ref(*(t.double() for t in inputs.values()))
     y_pt = linear_gelu_ref(*inputs.values())

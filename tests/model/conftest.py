@@ -46,9 +46,10 @@ def hf_config(config: bert_fast.BertConfig, attn_implementation: str = "eager"):
     return hf
 
 
-@pytest.fixture(params=[False, True], ids=["split_ffn", "fused_ffn"])
+@pytest.fixture(params=[False, "tiled", "persistent"], ids=["split_ffn", "fused_ffn", "fused_ffn_persistent"])
 def ffn_gemm(request):
-    """The FFN up-projection as cuBLAS + bias_gelu (the default) or as one Triton GEMM with the GELU fused."""
+    """The FFN up-projection as cuBLAS + bias_gelu (the default) or as one Triton GEMM with the GELU fused (either
+    kernel variant)."""
     previous = bert_fast.set_fused_linear_gelu(request.param)
     yield request.param
     bert_fast.set_fused_linear_gelu(previous)

@@ -1,6 +1,7 @@
 """The implementation switch: chosen at construction, switchable on a built model, resolved per device."""
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -74,20 +75,32 @@ def _ops_called(fn) -> set[str]:
     return recorder.names
 
 
-def test_fused_linear_gelu_setting_picks_the_ffn_gemm():
-    """Off (the default until measured): cuBLAS then the bias_gelu kernel. On: one linear_gelu GEMM; the output
-    is the same either way."""
+def test_fused_linear_gelu_setting_picks_the_ffn_gemm(monkeypatch):
+    """Off (the default until measured): cuBLAS then the bias_gelu kernel. On: one linear_gelu GEMM, the variant
+    the setting names; the output is the same either way."""
+    kernel_module = sys.modules["bert_fast_kernels.linear_gelu"]
+    persistent_launches = []
+    launch = kernel_module._launch_persistent
+    monkeypatch.setattr(kernel_module, "_launch_persistent",
+                        lambda *a, **k: persistent_launches.append(1) or launch(*a, **k))
     ffn = ops.triton_ops().linear_gelu
     x, weight, bias = torch.randn(5, 16), torch.randn(24, 16) / 4, torch.randn(24)
     previous = bert_fast.set_fused_linear_gelu(False)
     try:
         split = _ops_called(lambda: ffn(x, weight, bias, "none"))
         y_split = ffn(x, weight, bias, "none")
-        bert_fast.set_fused_linear_gelu(True)
+        assert bert_fast.set_fused_linear_gelu(True) is False
         fused = _ops_called(lambda: ffn(x, weight, bias, "none"))
         y_fused = ffn(x, weight, bias, "none")
+        assert not persistent_launches
+        assert bert_fast.set_fused_linear_gelu("persistent") == "tiled"  # True means the tiled kernel
+        y_persistent = ffn(x, weight, bias, "none")
+        assert persistent_launches == [1]
+        with pytest.raises(ValueError, match="must be True, False, 'tiled' or 'persistent'"):
+            bert_fast.set_fused_linear_gelu("yes")
     finally:
         bert_fast.set_fused_linear_gelu(previous)
     assert "bert_fast.bias_gelu_fwd" in split and "bert_fast.linear_gelu_fwd" not in split
     assert "bert_fast.linear_gelu_fwd" in fused and "bert_fast.bias_gelu_fwd" not in fused
     torch.testing.assert_close(y_fused, y_split, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_persistent, y_split, rtol=1e-5, atol=1e-5)
