@@ -21,7 +21,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from bench.common import bench_ms, cpu_ms, format_table, save_rows
+from bench.common import format_table, run_setting, save_rows
 
 NAME = "ceilings"
 TOKENS = 32768
@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="on a CPU: tiny shapes, a smoke run")
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    timer = bench_ms if cuda else cpu_ms
+    cuda, device, dtype, timer = run_setting()
     tokens, copy_elems, square = (TOKENS, 2**29, 8192) if cuda else (64, 2**16, 128)
     if args.quick and cuda:
         tokens = TOKENS // 4

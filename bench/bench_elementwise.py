@@ -41,7 +41,7 @@ if not torch.cuda.is_available():  # the CPU smoke run needs Triton's interprete
 
 from bert_fast_kernels import add_layer_norm, add_layer_norm_ref, bias_gelu, bias_gelu_ref
 
-from bench.common import bench_ms, cpu_ms, format_table, save_rows
+from bench.common import format_table, run_setting, save_rows
 
 NAME = "elementwise"
 TOKENS = 16384
@@ -105,10 +105,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="one shape per op; on a CPU a tiny smoke run")
     args = parser.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float32  # the interpreter has no bfloat16
-    timer = bench_ms if cuda else cpu_ms
+    cuda, device, dtype, timer = run_setting()
     if cuda:
         torch._dynamo.config.cache_size_limit = 64  # one compiled graph per shape and mode, not an eager fallback
         # "bwd" replays one graph's backward (retain_graph=True), which a compiled backward that donates its

@@ -38,7 +38,7 @@ if not torch.cuda.is_available():  # the CPU smoke run needs Triton's interprete
 
 from bert_fast_kernels import bias_gelu, linear_gelu
 
-from bench.common import bench_ms, cpu_ms, format_table, save_rows
+from bench.common import format_table, run_setting, save_rows
 
 NAME = "linear_gelu"
 TOKENS = (32768, 18432)
@@ -86,10 +86,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="base shapes, no max-autotune peer; on a CPU a smoke run")
     args = parser.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float32  # the interpreter has no bfloat16
-    timer = bench_ms if cuda else cpu_ms
+    cuda, device, dtype, timer = run_setting()
     if cuda:
         torch._dynamo.config.cache_size_limit = 64
         cases = [(m, name) for m in TOKENS for name in SHAPES]

@@ -77,6 +77,14 @@ def cpu_ms(fn, reps: int = 3) -> float:
     return statistics.median(times)
 
 
+def run_setting() -> tuple[bool, str, torch.dtype, object]:
+    """(cuda, device, dtype, timer) of a benchmark run: bf16 timed with CUDA events on a GPU; without one, a smoke
+    run in float32 (Triton's interpreter has no bfloat16) timed by the wall clock."""
+    if torch.cuda.is_available():
+        return True, "cuda", torch.bfloat16, bench_ms
+    return False, "cpu", torch.float32, cpu_ms
+
+
 def bench_ms(fn, warmup_ms: int = 50, rep_ms: int = 200) -> float:
     """Median milliseconds of fn() on the GPU (CUDA events via triton's do_bench)."""
     from triton.testing import do_bench

@@ -19,3 +19,18 @@ def assert_within_pytorch_error(out, out_pt, out_ref, atol: float, factor: float
     err_pt = max_abs_error(out_pt, out_ref)
     bound = factor * err_pt + atol
     assert err <= bound, f"{name}: max error {err:.3e} > {factor} x PyTorch's {err_pt:.3e} + {atol:.1e}"
+
+
+def leaves(inputs: dict, dtype=None) -> dict:
+    """Independent leaf copies of a dict of inputs (None stays None), optionally cast, that collect gradients: one
+    set per result of the rule (code under test, PyTorch in the same dtype, the reference in float64)."""
+    return {
+        k: None if t is None else t.detach().clone().to(dtype or t.dtype).requires_grad_() for k, t in inputs.items()
+    }
+
+
+def run(fn, inputs: dict, dy, **kwargs):
+    """fn(**inputs, **kwargs) -> (output, {name: grad}) after backpropagating dy."""
+    out = fn(**inputs, **kwargs)
+    out.backward(dy.to(out.dtype))
+    return out, {k: v.grad for k, v in inputs.items() if v is not None}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from bert_fast_kernels import add_layer_norm, add_layer_norm_dropout_mask, add_layer_norm_ref
 from bert_fast_kernels.add_layer_norm import add_layer_norm_bwd, add_layer_norm_fwd
-from tolerance import assert_within_pytorch_error
+from tolerance import assert_within_pytorch_error, leaves, run
 
 # atol, relative to the largest reference value: room for a last-bit difference when PyTorch itself is exact
 ATOL = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 4e-3}
@@ -26,21 +26,6 @@ def make_inputs(shape, dtype, param_dtype=None, device="cpu", residual=True, bia
         "bias": (0.2 * torch.randn(n, device=device)).to(pd) if bias else None,
         "x_bias": (0.2 * torch.randn(n, device=device)).to(pd) if x_bias else None,
     }
-
-
-def leaves(inputs, dtype=None):
-    """Independent leaf copies (optionally cast) that collect gradients."""
-    out = {}
-    for name, t in inputs.items():
-        out[name] = None if t is None else t.detach().clone().to(dtype or t.dtype).requires_grad_()
-    return out
-
-
-def run(fn, inputs, dy, **kwargs):
-    """fn(**inputs, **kwargs) -> (output, {name: grad}) after backpropagating dy."""
-    out = fn(**inputs, **kwargs)
-    out.backward(dy.to(out.dtype))
-    return out, {k: v.grad for k, v in inputs.items() if v is not None}
 
 
 def check_three_way(inputs, dy, eps=1e-12, dropout_p=0.0, seed=0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from bert_fast_kernels import bias_gelu, bias_gelu_ref
 from bert_fast_kernels.bias_gelu import bias_gelu_bwd, bias_gelu_fwd
-from tolerance import assert_within_pytorch_error
+from tolerance import assert_within_pytorch_error, leaves, run
 
 ATOL = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 4e-3}
 
@@ -20,18 +20,6 @@ def make_inputs(shape, dtype, bias_dtype=None, device="cpu", bias=True):
         "x": (2 * torch.randn(shape, device=device)).to(dtype),
         "bias": (0.5 * torch.randn(n, device=device)).to(bias_dtype or dtype) if bias else None,
     }
-
-
-def leaves(inputs, dtype=None):
-    return {
-        k: None if t is None else t.detach().clone().to(dtype or t.dtype).requires_grad_() for k, t in inputs.items()
-    }
-
-
-def run(fn, inputs, dy, **kwargs):
-    out = fn(**inputs, **kwargs)
-    out.backward(dy.to(out.dtype))
-    return out, {k: v.grad for k, v in inputs.items() if v is not None}
 
 
 def check_three_way(inputs, dy, approximate="none"):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from bert_fast_kernels import linear_gelu, linear_gelu_ref
 from bert_fast_kernels.linear_gelu import CONFIGS, PERSISTENT_CONFIGS, linear_gelu_fwd
-from tolerance import assert_within_pytorch_error
+from tolerance import assert_within_pytorch_error, leaves, run
 
 ATOL = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 4e-3}
 
@@ -24,18 +24,6 @@ def make_inputs(m_shape, k, n, dtype, bias_dtype=None, device="cpu", bias=True):
         "weight": (torch.randn(n, k, device=device) / k**0.5).to(dtype),
         "bias": (0.5 * torch.randn(n, device=device)).to(bias_dtype or dtype) if bias else None,
     }
-
-
-def leaves(inputs, dtype=None):
-    return {
-        k: None if t is None else t.detach().clone().to(dtype or t.dtype).requires_grad_() for k, t in inputs.items()
-    }
-
-
-def run(fn, inputs, dy, **kwargs):
-    out = fn(**inputs, **kwargs)
-    out.backward(dy.to(out.dtype))
-    return out, {k: v.grad for k, v in inputs.items() if v is not None}
 
 
 def check_three_way(inputs, approximate="none", variant="tiled"):
