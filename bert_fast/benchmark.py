@@ -7,8 +7,8 @@ Workloads (bf16 on CUDA; real tokens counted, padding never):
 - small-batch latency: B1 x S16 and B1 x S128 (ours also through CUDA graphs).
 Providers: ours (impl="triton"; "+graphs" through CUDA graphs, "+fused-ffn" / "+fused-ffn-persistent" with the
 FFN up-projection as one Triton GEMM with the GELU in its epilogue, see bert_fast.set_fused_linear_gelu), HF eager,
-HF sdpa, torch.compile(HF sdpa). Every provider gets the same
-weights. Time is the median of CUDA-event-timed iterations after warm-up; peak memory is torch's allocator peak.
+HF sdpa, torch.compile(HF sdpa). Every provider gets the same weights. Time is the median of CUDA-event-timed
+iterations after warm-up; peak memory is torch's allocator peak.
 """
 
 from __future__ import annotations

@@ -206,8 +206,15 @@ def _fused_setting(value: bool | str) -> bool | str:
     return value
 
 
-_ENV_SETTING = os.environ.get("BERT_FAST_FUSED_LINEAR_GELU", "0")
-_fused_linear_gelu = _fused_setting({"0": False, "1": True}.get(_ENV_SETTING, _ENV_SETTING))
+def _setting_from_environment() -> bool | str:
+    value = os.environ.get("BERT_FAST_FUSED_LINEAR_GELU", "0")
+    try:
+        return _fused_setting({"0": False, "1": True}.get(value, value))
+    except ValueError as exc:
+        raise ValueError(f"BERT_FAST_FUSED_LINEAR_GELU={value!r}: {exc}") from None
+
+
+_fused_linear_gelu = _setting_from_environment()
 
 
 def set_fused_linear_gelu(setting: bool | str) -> bool | str:
@@ -229,11 +236,14 @@ def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
-def _linear_gelu_by_setting(fused: Callable, split: Callable) -> Callable:
+def _linear_gelu_by_setting(split: Callable) -> Callable:
+    """The split form, or the fused GEMM when the setting asks for it (and this bert_fast_kernels has it)."""
     from bert_fast_kernels._common import interpreting
 
+    fused = getattr(K, "linear_gelu", None)
+
     def call(x, weight, bias, approximate):
-        if _fused_linear_gelu and (_gemm_dtype(x) != torch.float32 or interpreting()):
+        if _fused_linear_gelu and fused is not None and (_gemm_dtype(x) != torch.float32 or interpreting()):
             return fused(x, weight, bias, approximate, variant=_fused_linear_gelu)
         return split(x, weight, bias, approximate)
 
@@ -260,13 +270,10 @@ def _attention_for_head_dims(kernel: Callable, reference: Callable) -> Callable:
 def _build_triton_ops() -> Ops:
     missing: list[str] = []
     bias_gelu = _kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing)
-    split_linear_gelu = _split_linear_gelu(bias_gelu)
     ops = Ops(
         name="triton",
         bias_gelu=bias_gelu,
-        linear_gelu=_linear_gelu_by_setting(
-            _kernel_or_reference("linear_gelu", split_linear_gelu, missing), split_linear_gelu
-        ),
+        linear_gelu=_linear_gelu_by_setting(_split_linear_gelu(bias_gelu)),
         add_layer_norm=_kernel_or_reference("add_layer_norm", REFERENCE.add_layer_norm, missing),
         padded_attention=_kernel_or_reference("padded_attention", REFERENCE.padded_attention, missing),
         # The layouts build cu_seqlens themselves (forward_packed validates what callers pass), so the per-call

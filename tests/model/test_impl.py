@@ -104,3 +104,16 @@ def test_fused_linear_gelu_setting_picks_the_ffn_gemm(monkeypatch):
     assert "bert_fast.linear_gelu_fwd" in fused and "bert_fast.bias_gelu_fwd" not in fused
     torch.testing.assert_close(y_fused, y_split, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y_persistent, y_split, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, setting", [("0", False), ("1", "tiled"), ("tiled", "tiled"),
+                                            ("persistent", "persistent")])  # fmt: skip
+def test_fused_linear_gelu_from_the_environment(monkeypatch, value, setting):
+    monkeypatch.setenv("BERT_FAST_FUSED_LINEAR_GELU", value)
+    assert ops._setting_from_environment() == setting
+
+
+def test_bad_fused_linear_gelu_environment_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("BERT_FAST_FUSED_LINEAR_GELU", "yes")
+    with pytest.raises(ValueError, match="BERT_FAST_FUSED_LINEAR_GELU='yes'"):
+        ops._setting_from_environment()
