@@ -99,6 +99,7 @@ def main(argv=None) -> None:
 
     rows = []
     for m, model in cases:
+        case_start = len(rows)
         k, n = shapes[model]
         inputs = [torch.randn(m, k, device=device).to(dtype), (torch.randn(n, k, device=device) / k**0.5).to(dtype),
                   (0.1 * torch.randn(n, device=device)).to(dtype)]  # fmt: skip
@@ -120,11 +121,12 @@ def main(argv=None) -> None:
                     row["config"] = chosen_config(provider)
                 rows.append(row)
                 print(f"{model:5s} M={m:6d} {mode:8s} {provider:22s} {ms:8.4f} ms {row['tflop_s']:7.1f} TFLOP/s")
-        if cuda:
+        if cuda:  # each shape's rows are saved when it is done: a run cut off by a time limit keeps them
+            path = save_rows(NAME, rows[case_start:])
             torch._dynamo.reset()
 
     if cuda:
-        print(f"\nrows appended to {save_rows(NAME, rows)}")
+        print(f"\nrows appended to {path}")
     else:
         print("\nCPU smoke run (interpreter, float32, tiny shapes): timings are meaningless and not saved")
     columns = ["model", "tokens", "mode", *fns, "fused/split", "persistent/split", "fused/best-peer"]
