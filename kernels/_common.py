@@ -31,6 +31,16 @@ def check_float_dtype(op: str, name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{op}: {name} has dtype {t.dtype}; expected one of float32, float16, bfloat16")
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision: fp32 inputs use exact fp32 dots; half inputs ignore it (fp16 / bf16 tensor cores)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def launch_kwargs(config) -> dict:
+    """A triton.Config as the keyword arguments of a launch that pins it (tests, benchmarks, untuned paths)."""
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
 def draw_seed(seed: int | None) -> int:
     """A dropout seed: the caller's, or one drawn from torch's default generator (so torch.manual_seed rules)."""
     if seed is not None:

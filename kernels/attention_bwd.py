@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting
+from ._common import dot_precision, interpreting, launch_kwargs
 from .attention_fwd import (
     _NO_SPECIALIZE,
     AUTOTUNE_KEY,
@@ -40,9 +40,7 @@ from .attention_fwd import (
     check_attention_inputs,
     config_group,
     config_group_fp32,
-    dot_precision,
     dropout_threshold,
-    launch_kwargs,
     seq_bucket,
     unit_last_stride,
     use_autotune,

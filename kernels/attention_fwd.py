@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float_dtype, check_kernel_device, interpreting
+from ._common import check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -224,17 +224,8 @@ def use_autotune(dtype: torch.dtype) -> bool:
     return not interpreting() and dtype != torch.float32
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs use exact fp32 dots; half inputs ignore the setting (fp16 / bf16 tensor cores)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def config_group(head_dim: int) -> str:
     return "small" if head_dim <= 64 else "large"
-
-
-def launch_kwargs(config: triton.Config) -> dict:
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
 def _fwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None):

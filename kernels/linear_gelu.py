@@ -23,7 +23,7 @@ dx = dz W and dW = dz^T x on cuBLAS. So the fused forward saves one read of z an
 Dtype contract: x and weight share a dtype (fp16 / bf16 / fp32; under autocast `linear_gelu` casts both to the
 autocast dtype, as F.linear does); bias may be wider. Dots accumulate in fp32; bias and GELU are applied to the fp32
 accumulator and y is stored in x's dtype (one rounding, where the split form has two). fp32 inputs use exact fp32
-dots unless torch.backends.cuda.matmul.allow_tf32 is set, as cuBLAS does.
+dots (no tf32), as the attention kernels do.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float_dtype, check_kernel_device, interpreting
+from ._common import check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
 from ._rowwise import as_rows, programs_per_sm
 from .bias_gelu import APPROXIMATIONS, _bias_gelu_bwd_op, _gelu
 
@@ -179,7 +179,7 @@ def _launch(dtype: torch.dtype, config: triton.Config | None):
         return _tuned, {}
     if config is None:
         config = INTERPRETER_CONFIG if interpreting() else FP32_CONFIG
-    return _kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    return _kernel, launch_kwargs(config)
 
 
 def _set_boxes(nargs: dict) -> None:
@@ -224,9 +224,7 @@ def _launch_persistent(x2, weight, bias, y2, z2, approximate: str, config: trito
     if config is None and not interpreting():  # half precision on a GPU: fp32 never comes here (linear_gelu_fwd)
         kernel, launch = _tuned_persistent, {}
     else:
-        config = config or INTERPRETER_CONFIG
-        kernel, launch = _linear_gelu_persistent_kernel, {
-            **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}  # fmt: skip
+        kernel, launch = _linear_gelu_persistent_kernel, launch_kwargs(config or INTERPRETER_CONFIG)
     bm, bn, bk = (launch.get(name, 64) for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))  # the pre-hook resets these
     descs = [
         TensorDescriptor.from_tensor(x2, [bm, bk]),
@@ -244,12 +242,6 @@ def _launch_persistent(x2, weight, bias, y2, z2, approximate: str, config: trito
         HAS_BIAS=bias is not None, STORE_Z=z2 is not None, APPROX_TANH=approximate == "tanh",
         DOT_PRECISION=dot_precision(x2.dtype), NUM_PROGRAMS=programs, **launch,
     )  # fmt: skip
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"  # half inputs ignore it (fp16 / bf16 tensor cores)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> tuple[int, int]:
@@ -277,6 +269,13 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, app
     return n, k
 
 
+def _resolve_variant(variant: str | None) -> str:
+    variant = variant or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"linear_gelu: variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
 def linear_gelu_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -294,9 +293,7 @@ def linear_gelu_fwd(
     fp32 and when the tensors do not meet TMA's alignment rules.
     """
     n, k = _check(x, weight, bias, approximate)
-    variant = variant or DEFAULT_VARIANT
-    if variant not in VARIANTS:
-        raise ValueError(f"linear_gelu: variant must be one of {VARIANTS}, got {variant!r}")
+    variant = _resolve_variant(variant)
     x2 = as_rows(x, k)
     m = x2.shape[0]
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
@@ -391,8 +388,6 @@ def linear_gelu(
         x, weight = x.to(dtype), weight.to(dtype)
     _check(x, weight, bias, approximate)  # here too, so a bad call fails while torch.compile traces
     store_preact = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    variant = variant or DEFAULT_VARIANT
-    if variant not in VARIANTS:
-        raise ValueError(f"linear_gelu: variant must be one of {VARIANTS}, got {variant!r}")
+    variant = _resolve_variant(variant)  # here too, so a bad name fails while torch.compile traces
     y, _ = _linear_gelu_fwd_op(x, weight, bias, approximate, store_preact, variant)
     return y
