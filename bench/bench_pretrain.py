@@ -48,6 +48,9 @@ def base_config(args) -> PretrainConfig:
     config.model.size = args.model
     config.data.dupe_factor = 5  # more distinct pairs for a few thousand steps
     config.data.cache_dir = args.cache_dir or ""
+    if args.corpus:  # e.g. the Wikipedia sample written out as one sentence per line, where gensim is not installed
+        config.data.corpus = [str(path) for path in args.corpus]
+        config.data.split_sentences = False
     config.train.steps = args.steps
     config.train.batch_size = args.batch_size
     config.train.lr = args.lr
@@ -143,6 +146,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hf-steps", type=int, default=200)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--corpus", type=Path, nargs="+",
+                        help="BERT-format text (one sentence per line, a blank line between documents) "
+                             "instead of the Wikipedia sample read from gensim's wheel")
     parser.add_argument("--quick", action="store_true", help="200 steps of 32 examples, a smoke run")
     parser.add_argument("--runs-dir", type=Path, default=RESULTS_DIR.parent.parent / "runs" / "bench-pretrain",
                         help="run folders (checkpoints, metrics; git-ignored); the rows and the plot go to bench/results")

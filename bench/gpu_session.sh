@@ -8,6 +8,8 @@
 #   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
 #   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor;
 #                                            "ffn-e2e": BERT-base end to end with it on and off (one call each)
+#   bash bench/gpu_session.sh pretrain ARGS  bench_pretrain (bf16 fast path vs fp32 reference convergence, tokens/s)
+#   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data)
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
 # soon as it ends, and e2e rows are appended as they are measured, so a call cut off at its time limit keeps
@@ -15,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev && ln -sfn ../kernels .dev/bert_fast_kernels && ln -sfn ../bert_fast .dev/bert_fast
-export PYTHONPATH="$PWD/.dev:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH="$PWD/.dev:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
@@ -31,7 +33,9 @@ save() {  # copy result files to $OUT (nothing to do when $OUT is bench/results 
 pytest_gpu() {  # name, paths...
   local name=$1
   shift
-  python -m pytest -q -m gpu "$@" -p no:cacheprovider --durations=20 2>&1 | tee "$OUT/$name.log"
+  # PYTEST_WORKERS=N spreads the tests over N processes (pytest-xdist): most of their time is Triton compiling
+  python -m pytest -q -m gpu ${PYTEST_WORKERS:+-n "$PYTEST_WORKERS"} "$@" -p no:cacheprovider --durations=20 2>&1 \
+    | tee "$OUT/$name.log"
 }
 
 case "${1:-tests}" in
@@ -68,6 +72,12 @@ case "${1:-tests}" in
       --workloads infer-B256-S128,infer-B64-S512-ragged,train-B256-S128 \
       --providers bert_fast,bert_fast+fused-ffn,bert_fast+fused-ffn-persistent,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_fused_ffn.log"
     save e2e.jsonl e2e_fused_ffn.md e2e_fused_ffn.png ;;
+  pretrain)
+    python -m bench.bench_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_pretrain.log"
+    save bench_pretrain.jsonl pretrain_convergence.png ;;
+  finetune)
+    python -m bench.bench_finetune "${@:2}" 2>&1 | tee "$OUT/bench_finetune.log"
+    save finetune.jsonl ;;
   *)
     echo "unknown stage $1"; exit 2 ;;
 esac
