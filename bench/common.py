@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -28,6 +29,8 @@ def _version(module_name: str) -> str | None:
 
 
 def git_sha() -> str:
+    if os.environ.get("BENCH_GIT_SHA"):  # a copy of the tree whose .git is not the one it came from (a GPU host)
+        return os.environ["BENCH_GIT_SHA"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS_DIR.parent, check=True

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float_dtype, check_kernel_device, draw_seed, interpreting
+from ._common import EagerOp, check_float_dtype, check_kernel_device, draw_seed, interpreting
 from ._rowwise import as_rows, block_n, persistent_programs, row_stride, warps_for
 
 MAX_COLS = 16384
@@ -340,13 +340,18 @@ def add_layer_norm_fwd(
     if n_rows == 0:
         return y, res_out, mean, rstd
     bn, rows, warps = _fwd_config(n_cols)
+    # Both kernels are built without FMA contraction (enable_fp_fusion=False). With it, the backward's
+    # `wdy - c2` became fma(w, dy, -c2): the unrounded product less its own rounded mean. In a row with no
+    # variance (hidden size 1, a constant row) rstd is 1/sqrt(eps) = 1e6, and that rounding came out as a dx
+    # of 1e-3 where the exact answer is 0 (seen on an H100). The forward is built the same way so the
+    # backward's recomputed h matches it bit for bit. Both are memory-bound: the extra multiplies are free.
     _add_layer_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
         x2, res2, weight, bias, x_bias, y, res_out, mean, rstd,
         n_rows, n_cols, x2.stride(0), row_stride(res2), n_cols, n_cols,
         eps, seed_, threshold, scale,
         HAS_RESIDUAL=res2 is not None, HAS_BIAS=bias is not None, HAS_XBIAS=x_bias is not None,
         HAS_DROPOUT=dropout_p > 0.0, STORE_RESIDUAL=return_residual,
-        ROWS=rows, BLOCK_N=bn, num_warps=warps,
+        ROWS=rows, BLOCK_N=bn, num_warps=warps, enable_fp_fusion=False,
     )  # fmt: skip
     return y, res_out, mean, rstd
 
@@ -418,7 +423,7 @@ def add_layer_norm_bwd_raw(
             HAS_RESIDUAL=res2 is not None, HAS_XBIAS=x_bias is not None, HAS_DROPOUT=dropout_p > 0.0,
             HAS_DRES_OUT=dro2 is not None, STORE_DX=need_dx and not alias, STORE_DRES=need_dresidual,
             DW_SLOT=slots.get("dw", -1), DB_SLOT=slots.get("db", -1), DXB_SLOT=slots.get("dxb", -1),
-            ROWS=rows, BLOCK_N=bn, num_warps=warps,
+            ROWS=rows, BLOCK_N=bn, num_warps=warps, enable_fp_fusion=False,
         )  # fmt: skip
     return dx, dres, part.sum(dim=1)  # zeros when there are no rows
 
@@ -474,8 +479,7 @@ def _empty(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(0)  # custom ops return tensors, not None; a (0,) tensor stands for "none"
 
 
-@torch.library.custom_op("bert_fast::add_layer_norm_fwd", mutates_args=())
-def _add_layer_norm_fwd_op(
+def _add_layer_norm_fwd_impl(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor,
@@ -492,6 +496,11 @@ def _add_layer_norm_fwd_op(
     return y, (res_out if res_out is not None else _empty(x)), mean, rstd
 
 
+_add_layer_norm_fwd_op = torch.library.custom_op("bert_fast::add_layer_norm_fwd", mutates_args=())(
+    _add_layer_norm_fwd_impl
+)
+
+
 @_add_layer_norm_fwd_op.register_fake
 def _(x, residual, weight, bias, x_bias, eps, dropout_p, seed, return_residual):
     n_rows = x.numel() // x.shape[-1]
@@ -501,8 +510,7 @@ def _(x, residual, weight, bias, x_bias, eps, dropout_p, seed, return_residual):
     return y, res_out, stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("bert_fast::add_layer_norm_bwd", mutates_args=())
-def _add_layer_norm_bwd_op(
+def _add_layer_norm_bwd_impl(
     dy: torch.Tensor,
     dresidual_out: torch.Tensor | None,
     x: torch.Tensor,
@@ -522,6 +530,12 @@ def _add_layer_norm_bwd_op(
     if dx is not None and dx is dres:
         dres = None  # an op may not return one tensor twice; the autograd formula hands dx out for both
     return (dx if dx is not None else _empty(x)), (dres if dres is not None else _empty(x)), param_grads
+
+
+_add_layer_norm_bwd_op = torch.library.custom_op("bert_fast::add_layer_norm_bwd", mutates_args=())(
+    _add_layer_norm_bwd_impl
+)
+_add_layer_norm_backward = EagerOp(_add_layer_norm_bwd_op, _add_layer_norm_bwd_impl)
 
 
 @_add_layer_norm_bwd_op.register_fake
@@ -551,7 +565,7 @@ def _backward(ctx, dy, dresidual_out, _dmean, _drstd):
     if dy is None:  # only the returned residual is used downstream
         dy = torch.zeros_like(x)
     dro = dresidual_out if ctx.return_residual else None
-    dx, dres, param_grads = _add_layer_norm_bwd_op(
+    dx, dres, param_grads = _add_layer_norm_backward(
         dy, dro, x, residual, weight, bias, x_bias, mean, rstd, ctx.dropout_p, ctx.seed, needs
     )
     if grads_alias(x, residual, ctx.dropout_p, needs[0], needs[1]):
@@ -562,6 +576,7 @@ def _backward(ctx, dy, dresidual_out, _dmean, _drstd):
 
 
 _add_layer_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_add_layer_norm = EagerOp(_add_layer_norm_fwd_op, _add_layer_norm_fwd_impl, _setup_context, _backward)
 
 
 def add_layer_norm(
@@ -586,5 +601,5 @@ def add_layer_norm(
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"add_layer_norm: dropout_p must be in [0, 1), got {dropout_p}")
     seed = draw_seed(seed) if dropout_p > 0.0 else 0
-    y, res_out, _, _ = _add_layer_norm_fwd_op(x, residual, weight, bias, x_bias, eps, dropout_p, seed, return_residual)
+    y, res_out, _, _ = _add_layer_norm(x, residual, weight, bias, x_bias, eps, dropout_p, seed, return_residual)
     return (y, res_out) if return_residual else y

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float_dtype, check_kernel_device
+from ._common import EagerOp, check_float_dtype, check_kernel_device
 from ._rowwise import as_rows, persistent_programs, warps_for
 
 APPROXIMATIONS = ("none", "tanh")
@@ -219,13 +219,16 @@ def bias_gelu_bwd(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Autograd, as torch custom ops (torch.compile sees one opaque op instead of a graph break)
+# Autograd, as torch custom ops (torch.compile sees one opaque op instead of a graph break); eager calls skip the
+# custom-op dispatch (EagerOp)
 # --------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("bert_fast::bias_gelu_fwd", mutates_args=())
-def _bias_gelu_fwd_op(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+def _bias_gelu_fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
     return bias_gelu_fwd(x, bias, approximate)
+
+
+_bias_gelu_fwd_op = torch.library.custom_op("bert_fast::bias_gelu_fwd", mutates_args=())(_bias_gelu_fwd_impl)
 
 
 @_bias_gelu_fwd_op.register_fake
@@ -233,12 +236,15 @@ def _(x, bias, approximate):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("bert_fast::bias_gelu_bwd", mutates_args=())
-def _bias_gelu_bwd_op(
+def _bias_gelu_bwd_impl(
     dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str, need_dbias: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dx, dbias = bias_gelu_bwd(dy, x, bias, approximate, need_dbias)
     return dx, (dbias if dbias is not None else x.new_empty(0))
+
+
+_bias_gelu_bwd_op = torch.library.custom_op("bert_fast::bias_gelu_bwd", mutates_args=())(_bias_gelu_bwd_impl)
+bias_gelu_backward = EagerOp(_bias_gelu_bwd_op, _bias_gelu_bwd_impl)  # also linear_gelu's backward
 
 
 @_bias_gelu_bwd_op.register_fake
@@ -256,14 +262,15 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy):
     x, bias = ctx.saved_tensors
     need_dbias = bias is not None and ctx.needs_input_grad[1]
-    dx, dbias = _bias_gelu_bwd_op(dy, x, bias, ctx.approximate, need_dbias)
+    dx, dbias = bias_gelu_backward(dy, x, bias, ctx.approximate, need_dbias)
     return dx, (dbias if need_dbias else None), None
 
 
 _bias_gelu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_bias_gelu = EagerOp(_bias_gelu_fwd_op, _bias_gelu_fwd_impl, _setup_context, _backward)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
     """y = gelu(x + bias) over the last dim, in one kernel; differentiable in x and bias (bias may be None)."""
     _check(x, bias, approximate)  # here too, so a bad call fails while torch.compile traces, not only at run time
-    return _bias_gelu_fwd_op(x, bias, approximate)
+    return _bias_gelu(x, bias, approximate)

@@ -32,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
+from ._common import EagerOp, check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
 from ._rowwise import as_rows, programs_per_sm
-from .bias_gelu import APPROXIMATIONS, _bias_gelu_bwd_op, _gelu
+from .bias_gelu import APPROXIMATIONS, _gelu, bias_gelu_backward
 
 
 @triton.jit(do_not_specialize=["M", "m_bucket"])  # packed batches change M every step: one compiled kernel for all
@@ -328,13 +328,15 @@ def linear_gelu_fwd(
 # --------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("bert_fast::linear_gelu_fwd", mutates_args=())
-def _linear_gelu_fwd_op(
+def _linear_gelu_fwd_impl(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str, store_preact: bool,
     variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     y, z = linear_gelu_fwd(x, weight, bias, approximate, store_preact, variant=variant)
     return y, (z if z is not None else x.new_empty(0))
+
+
+_linear_gelu_fwd_op = torch.library.custom_op("bert_fast::linear_gelu_fwd", mutates_args=())(_linear_gelu_fwd_impl)
 
 
 @_linear_gelu_fwd_op.register_fake
@@ -359,7 +361,7 @@ def _backward(ctx, dy, _dz):
             "or grad mode was off, when it ran)"
         )
     need_dbias = bias is not None and ctx.needs_input_grad[2]
-    dz, dbias = _bias_gelu_bwd_op(dy, z, bias, ctx.approximate, need_dbias)
+    dz, dbias = bias_gelu_backward(dy, z, bias, ctx.approximate, need_dbias)
     n, k = weight.shape
     dz2 = dz.reshape(-1, n)
     dx = (dz2 @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
@@ -368,6 +370,7 @@ def _backward(ctx, dy, _dz):
 
 
 _linear_gelu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_linear_gelu = EagerOp(_linear_gelu_fwd_op, _linear_gelu_fwd_impl, _setup_context, _backward)
 
 
 def linear_gelu(
@@ -389,5 +392,5 @@ def linear_gelu(
     _check(x, weight, bias, approximate)  # here too, so a bad call fails while torch.compile traces
     store_preact = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     variant = _resolve_variant(variant)  # here too, so a bad name fails while torch.compile traces
-    y, _ = _linear_gelu_fwd_op(x, weight, bias, approximate, store_preact, variant)
+    y, _ = _linear_gelu(x, weight, bias, approximate, store_preact, variant)
     return y

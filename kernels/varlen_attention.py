@@ -9,8 +9,10 @@ Public functions (the kernels live in attention_fwd.py / attention_bwd.py, the s
 - varlen_dropout_mask / padded_dropout_mask: the exact keep-mask a seed draws, in the reference's layout.
 
 Each attention call is a torch custom op (bert_fast::varlen_attention_fwd / _bwd and the qkvpacked pair) with a
-fake implementation and a registered backward, so torch.compile keeps it in one graph. The output is a fresh
-contiguous (tokens, heads, head_dim) tensor: it reshapes to (tokens, heads * head_dim) for free.
+fake implementation and a registered backward, so torch.compile keeps it in one graph; eager calls run the same
+implementation through a plain autograd.Function (EagerOp: the custom-op dispatch costs more host time than the
+kernels). The output is a fresh contiguous (tokens, heads, head_dim) tensor: it reshapes to (tokens, heads *
+head_dim) for free.
 
 Dropout: dropout_p > 0 draws the seed from torch's generator unless one is given (so torch.manual_seed rules);
 dropout_p = 0 compiles the dropout code out. Validating cu_seqlens' values needs them on the host (one device sync):
@@ -25,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import check_kernel_device, draw_seed
+from ._common import EagerOp, check_kernel_device, draw_seed
 from .attention_bwd import varlen_attention_bwd
 from .attention_fwd import check_attention_inputs, varlen_attention_fwd, varlen_dropout_mask
 
@@ -42,8 +44,7 @@ __all__ = [
 # ---- custom ops: separate q, k, v ----
 
 
-@torch.library.custom_op("bert_fast::varlen_attention_fwd", mutates_args=())
-def _fwd_op(
+def _fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -57,14 +58,16 @@ def _fwd_op(
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
 
 
+_fwd_op = torch.library.custom_op("bert_fast::varlen_attention_fwd", mutates_args=())(_fwd_impl)
+
+
 @_fwd_op.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     check_attention_inputs("varlen_attention", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("bert_fast::varlen_attention_bwd", mutates_args=())
-def _bwd_op(
+def _bwd_impl(
     dout: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -83,6 +86,10 @@ def _bwd_op(
     )
 
 
+_bwd_op = torch.library.custom_op("bert_fast::varlen_attention_bwd", mutates_args=())(_bwd_impl)
+_attention_backward = EagerOp(_bwd_op, _bwd_impl)
+
+
 @_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
@@ -97,18 +104,18 @@ def _fwd_setup_context(ctx, inputs, output):
 
 def _fwd_backward(ctx, dout, _dlse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = torch.ops.bert_fast.varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens, *ctx.args)
+    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, cu_seqlens, *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+_attention = EagerOp(_fwd_op, _fwd_impl, _fwd_setup_context, _fwd_backward)
 
 
 # ---- custom ops: packed qkv (tokens, 3, heads, head_dim) ----
 
 
-@torch.library.custom_op("bert_fast::varlen_attention_qkvpacked_fwd", mutates_args=())
-def _packed_fwd_op(
+def _packed_fwd_impl(
     qkv: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
@@ -121,6 +128,11 @@ def _packed_fwd_op(
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
 
 
+_packed_fwd_op = torch.library.custom_op(
+    "bert_fast::varlen_attention_qkvpacked_fwd", mutates_args=()
+)(_packed_fwd_impl)
+
+
 @_packed_fwd_op.register_fake
 def _(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     q, k, v = qkv.unbind(1)
@@ -128,8 +140,7 @@ def _(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("bert_fast::varlen_attention_qkvpacked_bwd", mutates_args=())
-def _packed_bwd_op(
+def _packed_bwd_impl(
     dout: torch.Tensor,
     qkv: torch.Tensor,
     out: torch.Tensor,
@@ -151,6 +162,12 @@ def _packed_bwd_op(
     return dqkv
 
 
+_packed_bwd_op = torch.library.custom_op(
+    "bert_fast::varlen_attention_qkvpacked_bwd", mutates_args=()
+)(_packed_bwd_impl)
+_packed_attention_backward = EagerOp(_packed_bwd_op, _packed_bwd_impl)
+
+
 @_packed_bwd_op.register_fake
 def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
     return qkv.new_empty(qkv.shape)
@@ -165,11 +182,12 @@ def _packed_setup_context(ctx, inputs, output):
 
 def _packed_backward(ctx, dout, _dlse):
     qkv, out, lse, cu_seqlens = ctx.saved_tensors
-    dqkv = torch.ops.bert_fast.varlen_attention_qkvpacked_bwd(dout, qkv, out, lse, cu_seqlens, *ctx.args)
+    dqkv = _packed_attention_backward(dout, qkv, out, lse, cu_seqlens, *ctx.args)
     return dqkv, None, None, None, None, None, None
 
 
 _packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+_packed_attention = EagerOp(_packed_fwd_op, _packed_fwd_impl, _packed_setup_context, _packed_backward)
 
 
 # ---- public functions ----
@@ -232,7 +250,7 @@ def varlen_attention(
     cheaper backward whose dq may differ between runs in the last bits.
     """
     args = _prepare("varlen_attention", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, validate)
-    out, _ = torch.ops.bert_fast.varlen_attention_fwd(q, k, v, cu_seqlens, *args, bool(deterministic))
+    out, _ = _attention(q, k, v, cu_seqlens, *args, bool(deterministic))
     return out
 
 
@@ -257,7 +275,7 @@ def varlen_attention_qkvpacked(
         raise ValueError(f"{op}: qkv must be (total_tokens, 3, heads, head_dim), got {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(1)
     args = _prepare(op, q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, validate)
-    out, _ = torch.ops.bert_fast.varlen_attention_qkvpacked_fwd(qkv, cu_seqlens, *args, bool(deterministic))
+    out, _ = _packed_attention(qkv, cu_seqlens, *args, bool(deterministic))
     return out
 
 
