@@ -16,6 +16,11 @@ Unit: TFLOP/s counting real tokens only. Forward FLOPs = 4 * sum_b(len_b^2) * he
 one recomputes Q K^T), the convention of FlashAttention's and Triton's benchmarks. Padding work done by the padded
 providers is not credited.
 
+Two times per measurement: ms (tflops, x_sdpa_mask) per call as an eager caller sees it, host launch overhead
+included wherever the GPU finishes first; and device_ms (device_tflops, device_x_sdpa_mask) from a CUDA-graph
+replay, the kernels alone (bench.common.device_ms). At B32 S128 the two differ several-fold (first H100 run,
+bench/NOTES.md §6).
+
 Batches: B = 32, max length 128 and 512, heads 12 (BERT-base) and 16 (BERT-large); lengths all-full or
 uniform(max / 8 .. max) (a fixed generator seed, so every provider sees the same batch).
 
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `bench.common`
 
-from bench.common import bench_ms, format_table, save_rows  # noqa: I001 (after the sys.path line above)
+from bench.common import bench_ms, device_ms, format_table, save_rows  # noqa: I001 (after the sys.path line above)
 from bert_fast_kernels import varlen_attention_qkvpacked
 
 HEAD_DIM = 64
@@ -104,16 +109,20 @@ class Case:
         return fn, list(self.padded), self.dout_padded
 
 
-def measure(case: Case, name: str, mode: str, warmup_ms: int, rep_ms: int) -> float:
+def measure(case: Case, name: str, mode: str, warmup_ms: int, rep_ms: int) -> tuple[float, float | None]:
+    """(ms per call as an eager caller sees it, ms of device time alone from a CUDA-graph replay or None)."""
     fn, inputs, dout = case.provider(name)
     if mode == "fwd":
-        with torch.no_grad():
-            return bench_ms(fn, warmup_ms, rep_ms)
 
-    def step():
-        torch.autograd.grad(fn(), inputs, dout)
+        def step():
+            with torch.no_grad():
+                fn()
+    else:
 
-    return bench_ms(step, warmup_ms, rep_ms)
+        def step():
+            torch.autograd.grad(fn(), inputs, dout)
+
+    return bench_ms(step, warmup_ms, rep_ms), device_ms(step)
 
 
 def chosen_configs(mode: str, atomic_dq: bool) -> str:
@@ -150,30 +159,36 @@ def main(argv=None):
                     for name in providers:
                         if mode == "fwd" and name == "ours-atomic-dq":
                             continue  # the same forward as "ours"
-                        ms = measure(case, name, mode, warmup_ms, rep_ms)
+                        ms, dev_ms = measure(case, name, mode, warmup_ms, rep_ms)
                         work = flops * (1.0 if mode == "fwd" else 3.5)
                         row = {
                             "bench": "attention", "provider": name, "mode": mode, "batch": batch, "heads": heads,
                             "head_dim": HEAD_DIM, "max_len": max_len, "lengths": dist, "real_tokens": sum(lengths),
                             "padded_tokens": batch * case.seq, "dtype": str(DTYPE).replace("torch.", ""),
                             "ms": ms, "tflops": work / ms * 1e-9,
+                            "device_ms": dev_ms, "device_tflops": work / dev_ms * 1e-9 if dev_ms else None,
                         }  # fmt: skip
                         if name.startswith("ours"):
                             row["config"] = chosen_configs(mode, atomic_dq=name == "ours-atomic-dq")
                         rows.append(row)
-                        print(f"{mode} H{heads} S{max_len} {dist} {name}: {ms:.3f} ms, {row['tflops']:.1f} TFLOP/s")
+                        on_device = f"{row['device_tflops']:.1f}" if dev_ms else "-"
+                        print(f"{mode} H{heads} S{max_len} {dist} {name}: {ms:.3f} ms, {row['tflops']:.1f} TFLOP/s "
+                              f"per call, {on_device} TFLOP/s on the device")
                 del case
-    # speed-up of ours over SDPA-with-mask (what HF runs) on the same batch
+    # speed-up of ours over SDPA-with-mask (what HF runs) on the same batch, per call and on the device
     for row in rows:
         peer = [
-            r["ms"] for r in rows if r["provider"] == "sdpa-mask"
+            r for r in rows if r["provider"] == "sdpa-mask"
             and all(r[c] == row[c] for c in ("mode", "heads", "max_len", "lengths"))
         ]  # fmt: skip
-        row["x_sdpa_mask"] = peer[0] / row["ms"] if peer else None
+        row["x_sdpa_mask"] = peer[0]["ms"] / row["ms"] if peer else None
+        both = peer and peer[0]["device_ms"] and row["device_ms"]
+        row["device_x_sdpa_mask"] = peer[0]["device_ms"] / row["device_ms"] if both else None
     if not args.quick:
         path = save_rows("attention", rows)
         print(f"\nrows appended to {path}\n")
-    columns = ["mode", "heads", "max_len", "lengths", "provider", "ms", "tflops", "x_sdpa_mask"]
+    columns = ["mode", "heads", "max_len", "lengths", "provider", "ms", "tflops", "x_sdpa_mask", "device_ms",
+               "device_tflops", "device_x_sdpa_mask"]
     print(format_table(rows, columns))
 
 

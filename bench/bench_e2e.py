@@ -11,6 +11,7 @@ torch.compile of the Hugging Face model: run one size per 10-minute command.
 from __future__ import annotations
 
 import argparse
+import json
 
 from bench.common import RESULTS_DIR, format_table, save_rows
 from bert_fast import benchmark
@@ -47,7 +48,16 @@ def main() -> None:
     parser.add_argument("--providers", help=f"comma separated, of {benchmark.PROVIDERS}")
     parser.add_argument("--name", default="e2e",
                         help="this run's table and plot go to bench/results/NAME.md and NAME.png (rows: e2e.jsonl)")
+    parser.add_argument("--from-rows", metavar="GIT_SHA",
+                        help="measure nothing: render NAME.md and NAME.png from the e2e.jsonl rows of this commit "
+                             "(e.g. a run cut off by a time limit, whose rows were saved as they were measured)")
     args = parser.parse_args()
+    if args.from_rows:
+        saved = [json.loads(line) for line in (RESULTS_DIR / "e2e.jsonl").read_text().splitlines() if line.strip()]
+        rows = [r for r in saved if r.get("git_sha") == args.from_rows]
+        if not rows:
+            parser.error(f"no rows of commit {args.from_rows} in {RESULTS_DIR / 'e2e.jsonl'}")
+        return render(rows, args.name)
     sizes = args.sizes.split(",") if args.sizes else ("base",) if args.quick else ("base", "large")
     workloads = None
     if args.workloads:
@@ -62,10 +72,14 @@ def main() -> None:
                      f"choose from {benchmark.PROVIDERS}")
     rows = benchmark.run(sizes, workloads, providers, iters=5 if args.quick else 20, warmup=2 if args.quick else 5,
                          on_row=lambda row: save_rows("e2e", [row]))
+    render(rows, args.name)
+
+
+def render(rows: list[dict], name: str) -> None:
     table = benchmark.ratio_table(rows)
     text = format_table(table, ["model", "workload", "provider", "tok/s", "ms", "GiB", "x hf-sdpa"])
-    (RESULTS_DIR / f"{args.name}.md").write_text(text + "\n")
-    plot(table, RESULTS_DIR / f"{args.name}.png")
+    (RESULTS_DIR / f"{name}.md").write_text(text + "\n")
+    plot(table, RESULTS_DIR / f"{name}.png")
     print(text)
 
 

@@ -26,6 +26,10 @@ per-column vectors (N s) and per-row statistics (8 M) are left out, < 0.2 % of t
 Other add_layer_norm variants (not benchmarked here): residual=None (plain LayerNorm) fwd 2, bwd 3 (dy, x -> dx);
 return_residual=True adds a write of h to the fwd (+1) and, when h has a gradient, a read of it to the bwd (+1).
 bwd times torch.autograd.grad on a retained graph: gradients for every input, parameters included.
+
+Two times per measurement: ms / gb_s per call as an eager caller sees it (host launch overhead included wherever
+the GPU finishes first: at 16384 x 768 a bf16 tensor is 25 MB, about 10 us of traffic), and device_ms /
+device_gb_s from a CUDA-graph replay, the kernels alone (bench.common.device_ms).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ if not torch.cuda.is_available():  # the CPU smoke run needs Triton's interprete
 
 from bert_fast_kernels import add_layer_norm, add_layer_norm_ref, bias_gelu, bias_gelu_ref
 
-from bench.common import format_table, run_setting, save_rows
+from bench.common import device_ms, format_table, run_setting, save_rows
 
 NAME = "elementwise"
 TOKENS = 16384
@@ -78,8 +82,8 @@ def make_case(op: str, m: int, n: int, dtype: torch.dtype, device: str):
         def ref(x, residual, weight, bias, x_bias):
             return add_layer_norm_ref(x, residual, weight, bias, 1e-12, x_bias, p)
 
-        def ours(x, residual, weight, bias, x_bias):
-            return add_layer_norm(x, residual, weight, bias, 1e-12, x_bias, p)
+        def ours(x, residual, weight, bias, x_bias):  # a fixed seed: drawing one syncs, which a CUDA graph refuses
+            return add_layer_norm(x, residual, weight, bias, 1e-12, x_bias, p, seed=1234)
 
     providers = {"ours": ours, "eager": ref}
     if device == "cuda":
@@ -88,16 +92,21 @@ def make_case(op: str, m: int, n: int, dtype: torch.dtype, device: str):
 
 
 
-def time_mode(fn, inputs, mode: str, timer) -> float:
+def mode_call(fn, inputs, mode: str):
+    """fn's work in one mode as a callable of no arguments (what the timers take)."""
     if mode == "fwd":
-        with torch.no_grad():
-            return timer(lambda: fn(*inputs))
+
+        def forward():
+            with torch.no_grad():
+                return fn(*inputs)
+
+        return forward
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     dy = torch.randn_like(leaves[0])
     if mode == "fwd+bwd":
-        return timer(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
+        return lambda: torch.autograd.grad(fn(*leaves), leaves, dy)
     out = fn(*leaves)
-    return timer(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
+    return lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True)
 
 
 def main(argv=None) -> None:
@@ -123,10 +132,8 @@ def main(argv=None) -> None:
     itemsize = torch.empty((), dtype=dtype).element_size()
     for n in sorted({n for hidden in ops.values() for n in hidden}):
         x = torch.randn(m, n, device=device).to(dtype)
-        ms = timer(lambda: x.clone())  # noqa: B023
         nb = n_bytes("copy", "copy", m, n, itemsize)
-        rows.append({"op": "copy", "mode": "copy", "provider": "copy", "rows": m, "hidden": n,
-                     "dtype": str(dtype).removeprefix("torch."), "ms": ms, "bytes": nb, "gb_s": nb / ms / 1e6})  # fmt: skip
+        rows.append(measure("copy", "copy", "copy", lambda: x.clone(), m, n, nb, dtype, timer, cuda))  # noqa: B023
         for op, hidden in ops.items():
             if n not in hidden:
                 continue
@@ -135,14 +142,14 @@ def main(argv=None) -> None:
                 nb = n_bytes(op, mode, m, n, itemsize)
                 for provider, fn in providers.items():
                     try:
-                        ms = time_mode(fn, inputs, mode, timer)
+                        row = measure(op, mode, provider, mode_call(fn, inputs, mode), m, n, nb, dtype, timer, cuda)
                     except (RuntimeError, NotImplementedError) as e:  # a provider that cannot run a mode: say so
                         print(f"{op} {n} {mode} {provider}: {type(e).__name__}: {e}", file=sys.stderr)
                         continue
-                    rows.append({"op": op, "mode": mode, "provider": provider, "rows": m, "hidden": n,
-                                 "dtype": str(dtype).removeprefix("torch."), "ms": ms, "bytes": nb,
-                                 "gb_s": nb / ms / 1e6})  # fmt: skip
-                    print(f"{op:12s} N={n:5d} {mode:8s} {provider:8s} {ms:8.4f} ms {nb / ms / 1e6:8.0f} GB/s")
+                    rows.append(row)
+                    on_device = f"{row['device_gb_s']:8.0f}" if row["device_gb_s"] else "       -"
+                    print(f"{op:12s} N={n:5d} {mode:8s} {provider:8s} {row['ms']:8.4f} ms {row['gb_s']:8.0f} GB/s"
+                          f"  device {on_device} GB/s")
             del inputs, providers
         if cuda:
             torch._dynamo.reset()  # compiled graphs of this shape are done with
@@ -153,23 +160,38 @@ def main(argv=None) -> None:
     else:
         print("\nCPU smoke run (interpreter, float32, tiny shapes): timings are meaningless and not saved")
     columns = ["op", "hidden", "mode", "ours", "eager", "compile", "copy", "ours/compile", "ours/copy"]
-    print("\nGB/s (bytes per the formulas in bench/bench_elementwise.py)")
+    print("\nGB/s per call, as an eager caller sees it (bytes per the formulas in bench/bench_elementwise.py)")
     print(format_table(pivot(rows), columns))
+    if cuda:
+        print("\nGB/s of device time alone (CUDA-graph replay, L2 flushed before each call; no host launch overhead)")
+        print(format_table(pivot(rows, "device_gb_s"), columns))
 
 
-def pivot(rows: list[dict]) -> list[dict]:
-    """One table row per (op, hidden, mode): GB/s of each provider and of the copy ceiling, ours against both."""
-    copy = {r["hidden"]: r["gb_s"] for r in rows if r["op"] == "copy"}
+def measure(op, mode, provider, call, m, n, nb, dtype, timer, cuda) -> dict:
+    """One row: per-call time as an eager caller sees it (ms, gb_s) and, on a GPU, the device time alone
+    (device_ms, device_gb_s; None when the call cannot be captured in a CUDA graph)."""
+    ms = timer(call)
+    dev = device_ms(call) if cuda else None
+    return {"op": op, "mode": mode, "provider": provider, "rows": m, "hidden": n,
+            "dtype": str(dtype).removeprefix("torch."), "ms": ms, "bytes": nb, "gb_s": nb / ms / 1e6,
+            "device_ms": dev, "device_gb_s": nb / dev / 1e6 if dev else None}  # fmt: skip
+
+
+def pivot(rows: list[dict], key: str = "gb_s") -> list[dict]:
+    """One table row per (op, hidden, mode): GB/s (`key`: gb_s per call, device_gb_s on the device alone) of each
+    provider and of the copy ceiling, ours against both."""
+    copy = {r["hidden"]: r[key] for r in rows if r["op"] == "copy"}
     table = {}
     for r in rows:
         if r["op"] != "copy":
-            key = (r["op"], r["hidden"], r["mode"])
-            table.setdefault(key, {"op": r["op"], "hidden": r["hidden"], "mode": r["mode"]})[r["provider"]] = r["gb_s"]
+            blank = {"op": r["op"], "hidden": r["hidden"], "mode": r["mode"]}
+            cell = table.setdefault((r["op"], r["hidden"], r["mode"]), blank)
+            cell[r["provider"]] = r.get(key)
     for t in table.values():
         t["copy"] = copy.get(t["hidden"])
-        if "ours" in t and "compile" in t:
+        if t.get("ours") and t.get("compile"):
             t["ours/compile"] = t["ours"] / t["compile"]
-        if "ours" in t and t["copy"]:
+        if t.get("ours") and t["copy"]:
             t["ours/copy"] = t["ours"] / t["copy"]
     return list(table.values())
 

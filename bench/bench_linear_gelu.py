@@ -38,7 +38,7 @@ if not torch.cuda.is_available():  # the CPU smoke run needs Triton's interprete
 
 from bert_fast_kernels import bias_gelu, linear_gelu
 
-from bench.common import format_table, run_setting, save_rows
+from bench.common import device_ms, format_table, run_setting, save_rows
 
 NAME = "linear_gelu"
 TOKENS = (32768, 18432)
@@ -64,13 +64,21 @@ def providers(device: str) -> dict:
     return out
 
 
-def time_mode(fn, inputs: list, mode: str, timer) -> float:
+def time_mode(fn, inputs: list, mode: str, timer, cuda: bool) -> tuple[float, float | None]:
+    """(ms per call as an eager caller sees it, ms of device time alone from a CUDA-graph replay; None off a GPU)."""
     if mode == "fwd":
-        with torch.no_grad():
-            return timer(lambda: fn(*inputs))
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    dy = torch.randn(inputs[0].shape[0], inputs[1].shape[0], device=inputs[0].device, dtype=inputs[0].dtype)
-    return timer(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
+
+        def step():
+            with torch.no_grad():
+                return fn(*inputs)
+    else:
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        dy = torch.randn(inputs[0].shape[0], inputs[1].shape[0], device=inputs[0].device, dtype=inputs[0].dtype)
+
+        def step():
+            return torch.autograd.grad(fn(*leaves), leaves, dy)
+
+    return timer(step), (device_ms(step) if cuda else None)
 
 
 def chosen_config(provider: str) -> str | None:
@@ -111,12 +119,13 @@ def main(argv=None) -> None:
                 if provider == "compile-max-autotune" and (args.quick or (m, model) != (TOKENS[0], "base")):
                     continue
                 try:
-                    ms = time_mode(fn, inputs, mode, timer)
+                    ms, dev_ms = time_mode(fn, inputs, mode, timer, cuda)
                 except (RuntimeError, NotImplementedError) as e:  # a provider that cannot run: say so, go on
                     print(f"{model} M={m} {mode} {provider}: {type(e).__name__}: {e}", file=sys.stderr)
                     continue
                 row = {"model": model, "tokens": m, "k": k, "n": n, "mode": mode, "provider": provider,
-                       "dtype": str(dtype).removeprefix("torch."), "ms": ms, "tflop_s": flops / ms / 1e9}  # fmt: skip
+                       "dtype": str(dtype).removeprefix("torch."), "ms": ms, "tflop_s": flops / ms / 1e9,
+                       "device_ms": dev_ms, "device_tflop_s": flops / dev_ms / 1e9 if dev_ms else None}  # fmt: skip
                 if provider.startswith("fused") and cuda:
                     row["config"] = chosen_config(provider)
                 rows.append(row)
@@ -130,24 +139,27 @@ def main(argv=None) -> None:
     else:
         print("\nCPU smoke run (interpreter, float32, tiny shapes): timings are meaningless and not saved")
     columns = ["model", "tokens", "mode", *fns, "fused/split", "persistent/split", "fused/best-peer"]
-    print("\nTFLOP/s (GEMM FLOPs over the time of the whole step, epilogue included)")
+    print("\nTFLOP/s per call (GEMM FLOPs over the time of the whole step, epilogue included)")
     print(format_table(pivot(rows), columns))
+    if cuda:
+        print("\nTFLOP/s of device time alone (CUDA-graph replay: no host launch overhead)")
+        print(format_table(pivot(rows, "device_tflop_s"), columns))
 
 
-def pivot(rows: list[dict]) -> list[dict]:
+def pivot(rows: list[dict], key: str = "tflop_s") -> list[dict]:
     """One table row per (model, tokens, mode): each provider's TFLOP/s; our two kernels against the split form, and
     the faster of them against the best peer that is not ours (eager, compile, compile-max-autotune)."""
     table: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["model"], r["tokens"], r["mode"])
-        row = table.setdefault(key, {"model": r["model"], "tokens": r["tokens"], "mode": r["mode"]})
-        row[r["provider"]] = r["tflop_s"]
+        case = (r["model"], r["tokens"], r["mode"])
+        row = table.setdefault(case, {"model": r["model"], "tokens": r["tokens"], "mode": r["mode"]})
+        row[r["provider"]] = r.get(key)
     for t in table.values():
-        peers = [t[p] for p in ("eager", "compile", "compile-max-autotune") if p in t]
-        ours = [t[p] for p in ("fused", "fused-persistent") if p in t]
-        if "split" in t:
+        peers = [t[p] for p in ("eager", "compile", "compile-max-autotune") if t.get(p)]
+        ours = [t[p] for p in ("fused", "fused-persistent") if t.get(p)]
+        if t.get("split"):
             for p, ratio in (("fused", "fused/split"), ("fused-persistent", "persistent/split")):
-                if p in t:
+                if t.get(p):
                     t[ratio] = t[p] / t["split"]
         if ours and peers:
             t["fused/best-peer"] = max(ours) / max(peers)

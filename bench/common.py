@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +94,55 @@ def bench_ms(fn, warmup_ms: int = 50, rep_ms: int = 200) -> float:
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def device_ms(fn, calls: int = 10, reps: int = 5) -> float | None:
+    """Milliseconds of GPU time per fn() call with the host's launch overhead taken out, or None when fn cannot be
+    captured in a CUDA graph (it waits on the host, e.g. a .item()).
+
+    bench_ms times each call from the GPU's side, gaps included: where launching fn's kernels takes the host longer
+    than the GPU takes to run them (small shapes, many small launches), it measures the host. Here `calls` calls of
+    fn, each behind an L2 flush, are captured in one CUDA graph and replayed (no launches from Python), and a graph
+    of the flushes alone is subtracted. Both numbers are worth having: bench_ms is what an eager caller gets,
+    device_ms what the kernels cost.
+    """
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the capture: compilation, autotuning, the allocator
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+    def capture(with_fn: bool) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                flush.zero_()
+                if with_fn:
+                    fn()
+        return graph
+
+    try:
+        both, flushes = capture(True), capture(False)
+    except RuntimeError as e:  # e.g. "operation not permitted when stream is capturing"
+        print(f"device_ms: not capturable ({type(e).__name__}: {str(e).splitlines()[0]})", file=sys.stderr)
+        torch.cuda.synchronize()
+        return None
+
+    def replay_ms(graph: torch.cuda.CUDAGraph) -> float:
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    return max(replay_ms(both) - replay_ms(flushes), 0.0) / calls
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -57,8 +57,9 @@ def _plain_eager(args) -> bool:
 
 class EagerOp:
     """A torch custom op's two faces. While anything traces (torch.compile, AOT autograd, fake tensors, a dispatch
-    mode), the registered op: one opaque node in the graph, its fake implementation for shapes. In plain eager mode, the op's Python implementation called directly, through a
-    plain autograd.Function when a backward is given (the same setup_context and backward the op registers).
+    mode), the registered op: one opaque node in the graph, its fake implementation for shapes. In plain eager
+    mode, the op's Python implementation called directly, through a plain autograd.Function when a backward is
+    given (the same setup_context and backward the op registers).
 
     Why: a call through torch.library's custom-op machinery costs about half a millisecond of host time (torch
     2.11 on an H100: attention forward + backward at BERT-base S128 took 1.39 ms of host time through the ops,

@@ -18,3 +18,11 @@ def test_pivot_ratios():
     (row,) = bench_linear_gelu.pivot(rows)
     assert row["fused/split"] == 1.5 and row["persistent/split"] == 1.75
     assert row["fused/best-peer"] == 1.4  # the faster of ours against compile, the fastest of the peers
+
+
+def test_pivot_of_device_times_skips_what_could_not_be_captured():
+    rows = [{"model": "base", "tokens": 8, "mode": "fwd", "provider": p, "tflop_s": 1.0, "device_tflop_s": v}
+            for p, v in (("fused", 660.0), ("fused-persistent", None), ("split", 600.0), ("compile", 550.0))]  # fmt: skip
+    (row,) = bench_linear_gelu.pivot(rows, "device_tflop_s")
+    assert row["fused/split"] == 1.1 and "persistent/split" not in row
+    assert row["fused/best-peer"] == 1.2
