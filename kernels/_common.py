@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -39,6 +40,13 @@ def dot_precision(dtype: torch.dtype) -> str:
 def launch_kwargs(config) -> dict:
     """A triton.Config as the keyword arguments of a launch that pins it (tests, benchmarks, untuned paths)."""
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def autotune(configs, key, **kwargs):
+    """triton.autotune, with each key's pick kept in Triton's on-disk cache (cache_results): a new process reuses
+    it instead of timing every config again, seconds per key that short runs (a fine-tune, a test) would pay each
+    time. Configs with a pre_hook are timed afresh every process; Triton cannot store them."""
+    return triton.autotune(configs=configs, key=key, cache_results=True, **kwargs)
 
 
 def draw_seed(seed: int | None) -> int:

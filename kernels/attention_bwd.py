@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, interpreting, launch_kwargs
+from ._common import autotune, dot_precision, interpreting, launch_kwargs
 from .attention_fwd import (
     _NO_SPECIALIZE,
     AUTOTUNE_KEY,
@@ -281,8 +281,8 @@ def _bwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None,
         key = (config_group(head_dim), atomic_dq)
         if key not in _bwd_tuned:
             # the atomic variant adds into DQ_ACC: each timed trial must start from zeros
-            _bwd_tuned[key] = triton.autotune(
-                configs=BWD_CONFIGS[key[0]], key=AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None
+            _bwd_tuned[key] = autotune(
+                BWD_CONFIGS[key[0]], AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None
             )(_bwd_kernel)
         return _bwd_tuned[key], {}
     if interpreting():  # BLOCK_M1 != BLOCK_N1 on purpose: the CPU tests cover the mixed-size tiling too

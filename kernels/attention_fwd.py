@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
+from ._common import autotune, check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -235,7 +235,7 @@ def _fwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None)
     if use_autotune(dtype):
         group = config_group(head_dim)
         if group not in _fwd_tuned:
-            _fwd_tuned[group] = triton.autotune(configs=FWD_CONFIGS[group], key=AUTOTUNE_KEY)(_fwd_kernel)
+            _fwd_tuned[group] = autotune(FWD_CONFIGS[group], AUTOTUNE_KEY)(_fwd_kernel)
         return _fwd_tuned[group], {}
     if interpreting():  # few, large blocks: the interpreter pays per operation, not per element
         return _fwd_kernel, {"BLOCK_M": 128, "BLOCK_N": 64}

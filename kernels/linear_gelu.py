@@ -32,7 +32,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EagerOp, check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
+from ._common import (
+    EagerOp,
+    autotune,
+    check_float_dtype,
+    check_kernel_device,
+    dot_precision,
+    interpreting,
+    launch_kwargs,
+)
 from ._rowwise import as_rows, programs_per_sm
 from .bias_gelu import APPROXIMATIONS, _gelu, bias_gelu_backward
 
@@ -170,7 +178,7 @@ AUTOTUNE_KEY = ["m_bucket", "N", "K", "HAS_BIAS", "STORE_Z"]
 FP32_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3)
 INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2})
 _kernel = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_linear_gelu_kernel)
-_tuned = triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY)(_kernel)
+_tuned = autotune(CONFIGS, AUTOTUNE_KEY)(_kernel)
 
 
 def _launch(dtype: torch.dtype, config: triton.Config | None):
@@ -204,7 +212,7 @@ PERSISTENT_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4,
                   pre_hook=_set_boxes),
 ]  # fmt: skip
-_tuned_persistent = triton.autotune(configs=PERSISTENT_CONFIGS, key=AUTOTUNE_KEY)(_linear_gelu_persistent_kernel)
+_tuned_persistent = autotune(PERSISTENT_CONFIGS, AUTOTUNE_KEY)(_linear_gelu_persistent_kernel)
 VARIANTS = ("tiled", "persistent")
 # The tiled kernel until a GPU run says otherwise (bench/bench_linear_gelu.py times both).
 DEFAULT_VARIANT = "tiled"

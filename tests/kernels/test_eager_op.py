@@ -89,3 +89,14 @@ def test_packed_attention_faces_agree():
         (grad,) = torch.autograd.grad(out, leaf, dout)
         results.append((out, grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+
+def test_autotune_asks_triton_to_keep_its_picks_on_disk(monkeypatch):
+    """A new process reuses each key's tuned config instead of timing every candidate again (Triton ignores the
+    flag under its interpreter, so this checks what we ask for)."""
+    common = importlib.import_module("bert_fast_kernels._common")
+    asked = {}
+    monkeypatch.setattr(common.triton, "autotune", lambda **kwargs: asked.update(kwargs) or (lambda fn: fn))
+    common.autotune(["config"], ["key"], reset_to_zero=["DQ_ACC"])
+    assert asked == {"configs": ["config"], "key": ["key"], "cache_results": True, "reset_to_zero": ["DQ_ACC"]}
