@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -60,6 +61,7 @@ def base_config(args) -> PretrainConfig:
     config.train.eval_batches = 32
     config.train.checkpoint_every = 0
     config.train.progress = True
+    config.train.profile_steps = args.profile_steps
     config.train.seed = 1234
     return config
 
@@ -149,6 +151,9 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, nargs="+",
                         help="BERT-format text (one sentence per line, a blank line between documents) "
                              "instead of the Wikipedia sample read from gensim's wheel")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profile this many steps of each run (train.profile_steps); the tables go to "
+                             "bench/results/pretrain_profile_<provider>.txt")
     parser.add_argument("--quick", action="store_true", help="200 steps of 32 examples, a smoke run")
     parser.add_argument("--runs-dir", type=Path, default=RESULTS_DIR.parent.parent / "runs" / "bench-pretrain",
                         help="run folders (checkpoints, metrics; git-ignored); the rows and the plot go to bench/results")
@@ -169,6 +174,9 @@ def main() -> int:
         print(f"== {name}: {args.model}, {args.steps} steps of {args.batch_size} x 128", flush=True)
         summary = pretrain(config)
         runs[name] = (Path(config.out), summary)
+        profile = Path(config.out) / "profile" / "ops.txt"
+        if profile.exists():
+            shutil.copy(profile, RESULTS_DIR / f"pretrain_profile_{name}.txt")
 
     fast_dir, ref_dir = runs["ours-bf16-triton"][0], runs["ours-fp32-reference"][0]
     curves = compare_curves(fast_dir, ref_dir, args.steps)

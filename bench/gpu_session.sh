@@ -2,15 +2,16 @@
 # One GPU session's worth of checks and benchmarks, in stages that each fit one 10-minute device call:
 #   bash bench/gpu_session.sh tests-kernels  GPU kernel tests (bf16, long sequences, every launch config, compile)
 #   bash bench/gpu_session.sh tests-model    GPU model tests (parity with HF, CUDA graphs, convergence, task heads)
-#   bash bench/gpu_session.sh tests          both test stages in one call (2.5 minutes with PYTEST_WORKERS=8 on an H100)
-#                                            extra arguments go to pytest (e.g. -k add_layer_norm)
+#   bash bench/gpu_session.sh tests          both test stages in one call (2.5 min on an H100 with PYTEST_WORKERS=8);
+#                                            the test stages pass extra arguments to pytest (e.g. -k add_layer_norm)
 #   bash bench/gpu_session.sh kernels        ceilings + elementwise + attention benchmarks ("ceilings", "elementwise",
 #                                            "attention": one each)
 #   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
 #   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor;
 #                                            "ffn-e2e": BERT-base end to end with it on and off (one call each)
 #   bash bench/gpu_session.sh pretrain ARGS  bench_pretrain (bf16 fast path vs fp32 reference convergence, tokens/s)
-#   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data)
+#   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data; --name finetune_gpu)
+# The data these two read on a host without gensim and the checkpoint wheel: python -m bench.device_data (NOTES §4).
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
 # soon as it ends, and e2e rows are appended as they are measured, so a call cut off at its time limit keeps
@@ -75,10 +76,11 @@ case "${1:-tests}" in
     save e2e.jsonl e2e_fused_ffn.md e2e_fused_ffn.png ;;
   pretrain)
     python -m bench.bench_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_pretrain.log"
-    save bench_pretrain.jsonl pretrain_convergence.png ;;
+    save bench_pretrain.jsonl pretrain_convergence.png pretrain_profile_ours-bf16-triton.txt \
+      pretrain_profile_ours-fp32-reference.txt ;;
   finetune)
     python -m bench.bench_finetune "${@:2}" 2>&1 | tee "$OUT/bench_finetune.log"
-    save finetune.jsonl ;;
+    save finetune.jsonl finetune_gpu.jsonl ;;  # finetune_gpu: the --name the GPU rows are kept under
   *)
     echo "unknown stage $1"; exit 2 ;;
 esac

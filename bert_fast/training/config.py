@@ -86,6 +86,7 @@ class TrainSection:
     fused_mlm_loss: bool = False  # MLM loss through chunked linear + cross-entropy (no full logits)
     peak_tflops: float = 0.0  # the device's peak for MFU; 0: known GPUs by name, none on the CPU
     progress: bool = True
+    profile_steps: int = 0  # > 0: profile this many steps after the first 12 (torch.profiler) into RUN_DIR/profile
     tensorboard: bool = True  # also write TensorBoard events when it is installed
 
 

@@ -44,6 +44,7 @@ from .metrics import MetricsLogger, Progress
 from .objective import PretrainingObjective
 from .optim import build_optimizer, linear_schedule
 from .precision import Precision
+from .profiling import StepProfiler
 from .rng import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger("bert_fast")
@@ -372,6 +373,7 @@ class Pretrainer:
         started, tokens_seen = time.perf_counter(), 0
         last_eval = {}
         workers = config.data.num_workers if config.data.num_workers >= 0 else (2 if device.type == "cuda" else 1)
+        profiler = StepProfiler(t.profile_steps, run_dir / "profile", device, enabled=env.is_main)
 
         for phase in phases:
             if step >= phase.end or step >= stop:
@@ -389,23 +391,28 @@ class Pretrainer:
 
             while step < min(phase.end, stop):
                 for a in range(phase.accumulation):
-                    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                    with profiler.range("data"):
+                        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
                     with D.no_sync(self.wrapped, skip=a < phase.accumulation - 1):
-                        with self.precision.autocast():
+                        with self.precision.autocast(), profiler.range("forward"):
                             out = self.wrapped(**batch)
-                        self.precision.backward(out["loss"] / phase.accumulation)
+                        with profiler.range("backward"):
+                            self.precision.backward(out["loss"] / phase.accumulation)
                     sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
                                          out["nsp_loss"].detach().double(),
                                          batch["attention_mask"].sum().double()])
-                clip = (lambda m: D.clip_grad_norm(model.parameters(), m)) if self.sharded else None
-                grad_norm, stepped = self.precision.step(self.optimizer, model.parameters(), t.max_grad_norm, clip)
-                if stepped:
-                    self.scheduler.step()
-                else:
-                    skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
+                with profiler.range("optimizer"):
+                    clip = (lambda m: D.clip_grad_norm(model.parameters(), m)) if self.sharded else None
+                    grad_norm, stepped = self.precision.step(self.optimizer, model.parameters(), t.max_grad_norm,
+                                                             clip)
+                    if stepped:
+                        self.scheduler.step()
+                    else:
+                        skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 interval_steps += 1
+                profiler.step()
 
                 if step % t.log_every == 0 or step == stop or step == phase.end:
                     totals = D.all_reduce_sum(sums.clone(), env).tolist()
@@ -439,6 +446,7 @@ class Pretrainer:
                 if (t.checkpoint_every and step % t.checkpoint_every == 0) or final:
                     self._save_checkpoint(step)
 
+        profiler.close()
         progress.close()
         elapsed = time.perf_counter() - started
         finished = step >= total_steps

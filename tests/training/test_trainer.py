@@ -261,3 +261,29 @@ def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):
     monkeypatch.setattr(ckpt_lib, "atomic_write", real_write)
     summary = pretrain(tiny_config, resume=True)
     assert summary["start_step"] == 2 and summary["finished"]
+
+
+def test_profile_steps_write_the_tables_and_the_timeline(tiny_config, monkeypatch):
+    from bert_fast.training import profiling
+    from bert_fast.training.trainer import pretrain
+
+    monkeypatch.setattr(profiling, "SKIP", 2)  # the tiny run has 8 steps: profile steps 4-6 after 2 skipped + 1 warm-up
+    monkeypatch.setattr(profiling, "WARMUP", 1)
+    tiny_config.train.profile_steps = 3
+    pretrain(tiny_config)
+    ops = (Path(tiny_config.out) / "profile" / "ops.txt").read_text()
+    assert "# host time (self CPU)" in ops and "aten::" in ops
+    trace = json.loads((Path(tiny_config.out) / "profile" / "trace.json").read_text())
+    for part in ("data", "forward", "backward", "optimizer"):  # the step's parts: one range per profiled step
+        assert f"{part:10s} host" in ops and "(3 times)" in ops.split(f"{part:10s} host")[1].splitlines()[0], part
+        assert len([e for e in trace["traceEvents"] if e.get("name") == part]) == 3, part
+
+
+def test_profile_steps_off_writes_nothing_and_negative_is_an_error(tiny_config):
+    from bert_fast.training.profiling import StepProfiler
+    from bert_fast.training.trainer import pretrain
+
+    pretrain(tiny_config)
+    assert not (Path(tiny_config.out) / "profile").exists()
+    with pytest.raises(ValueError, match="profile_steps"):
+        StepProfiler(-1, Path(tiny_config.out) / "profile", torch.device("cpu"))
