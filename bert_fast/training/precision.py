@@ -37,8 +37,9 @@ class Precision:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer, parameters, max_grad_norm: float | None,
-             clip_fn=None) -> tuple[float, bool]:
-        """Unscale, clip, step. Returns (gradient norm before clipping, whether the step was taken).
+             clip_fn=None) -> tuple[torch.Tensor, bool]:
+        """Unscale, clip, step. Returns (gradient norm before clipping, whether the step was taken). The norm stays
+        a device tensor: reading it waits for the GPU, so a caller reads it only when it logs.
 
         With fp16 a step whose gradients overflowed is skipped (and the scale lowered); the caller should then
         not advance the learning-rate schedule. `clip_fn(max_norm) -> norm` replaces the clipping where the
@@ -61,7 +62,7 @@ class Precision:
         else:
             optimizer.step()
             stepped = True
-        return float(norm), stepped
+        return norm.detach(), stepped
 
     def state_dict(self) -> dict:
         return {"mode": self.mode, "scaler": self.scaler.state_dict() if self.scaler else None}

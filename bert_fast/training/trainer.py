@@ -420,7 +420,7 @@ class Pretrainer:
                     elapsed = time.perf_counter() - interval_start
                     tokens_per_s = totals[3] / elapsed
                     record = {"loss": totals[0] / micro, "mlm_loss": totals[1] / micro, "nsp_loss": totals[2] / micro,
-                              "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                              "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                               "tokens_per_s": tokens_per_s, "seq_len": phase.seq_len,
                               "mfu": tokens_per_s * flops_per_token / (peak * env.world_size) if peak else None,
                               "skipped_steps": skipped}
