@@ -4,8 +4,8 @@
 #   bash bench/gpu_session.sh tests-model    GPU model tests (parity with HF, CUDA graphs, convergence, task heads)
 #   bash bench/gpu_session.sh tests          both test stages in one call (2.5 min on an H100 with PYTEST_WORKERS=8);
 #                                            the test stages pass extra arguments to pytest (e.g. -k add_layer_norm)
-#   bash bench/gpu_session.sh kernels        ceilings + elementwise + attention benchmarks ("ceilings", "elementwise",
-#                                            "attention": one each)
+#   bash bench/gpu_session.sh kernels        launch + ceilings + elementwise + attention benchmarks ("launch",
+#                                            "ceilings", "elementwise", "attention": one each)
 #   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
 #   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor;
 #                                            "ffn-e2e": BERT-base end to end with it on and off (one call each)
@@ -47,7 +47,11 @@ case "${1:-tests}" in
     pytest_gpu gpu_tests_model tests/model tests/finetune "${@:2}" ;;
   tests)
     pytest_gpu gpu_tests tests "${@:2}" ;;
-  ceilings|elementwise|attention|kernels)
+  ceilings|elementwise|attention|launch|kernels)
+    if [ "$1" = launch ] || [ "$1" = kernels ]; then  # seconds: host time per call, layer by layer
+      python -m bench.bench_launch 2>&1 | tee "$OUT/bench_launch.log"
+      save launch.jsonl
+    fi
     if [ "$1" = ceilings ] || [ "$1" = kernels ]; then  # ~1 minute: the ceilings the other numbers are read against
       python -m bench.bench_ceilings 2>&1 | tee "$OUT/bench_ceilings.log"
       save ceilings.jsonl

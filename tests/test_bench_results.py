@@ -36,3 +36,14 @@ def test_e2e_table_and_plot_from_saved_rows(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_e2e.main()
     assert "no rows of commit fffffff" in capsys.readouterr().err
+
+
+def test_launch_bench_smoke_run_covers_every_layer(capsys):
+    from bench import bench_launch
+
+    bench_launch.main(["--quick"])
+    out = capsys.readouterr().out
+    for op in ("bias_gelu", "add_layer_norm", "attention"):
+        for layer in ("launcher", "eager", "custom-op", "torch"):
+            assert f"{op:15s} {layer:9s} fwd " in out, (op, layer)
+    assert "not saved" in out
