@@ -27,7 +27,7 @@ class OpNames(TorchDispatchMode):
 
 
 def _refuse(*args):
-    raise AssertionError("the custom op was dispatched in plain eager mode")
+    raise AssertionError("called where it should not be")
 
 
 def test_eager_calls_do_not_go_through_the_custom_ops(monkeypatch):
@@ -41,6 +41,21 @@ def test_eager_calls_do_not_go_through_the_custom_ops(monkeypatch):
     y = add_layer_norm(bias_gelu(x, b), x, w, b, dropout_p=0.1, seed=3)
     y.sum().backward()
     assert x.grad is not None and b.grad is not None and w.grad is not None
+
+
+def test_inference_calls_skip_the_autograd_function(monkeypatch):
+    class Refused:
+        apply = staticmethod(_refuse)
+
+    monkeypatch.setattr(bias_gelu_module._bias_gelu, "function", Refused)
+    x, b = torch.randn(5, 24), torch.randn(24, requires_grad=True)
+    with torch.no_grad():
+        y = bias_gelu(x, b)
+    assert y.grad_fn is None and torch.allclose(y, torch.nn.functional.gelu(x + b), atol=1e-6)
+    y = bias_gelu(x, b.detach())  # grad mode on, but nothing requires a gradient
+    assert y.grad_fn is None
+    with pytest.raises(AssertionError):  # a gradient needed: the autograd.Function runs
+        bias_gelu(x, b)
 
 
 def test_a_dispatch_mode_sees_the_custom_ops():
