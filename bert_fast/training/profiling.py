@@ -1,7 +1,8 @@
 """Where a training step's time goes: torch.profiler over a few steps once the run has warmed up.
 
-`train.profile_steps = N` (CLI: `--set train.profile_steps=N`) profiles optimizer steps SKIP + 1 .. SKIP + N
-(the first SKIP steps compile and autotune kernels and fill the allocator's cache) and writes to RUN_DIR/profile/:
+`train.profile_steps = N` (CLI: `--set train.profile_steps=N`) profiles the N optimizer steps after the first
+SKIP + WARMUP of the run (the first ones compile and autotune kernels and fill the allocator's cache; the profiler
+discards its own first WARMUP) and writes to RUN_DIR/profile/:
   ops.txt     the operators and kernels, by host time (self CPU) and by device time (self CUDA, on a GPU)
   trace.json  the timeline, for chrome://tracing or Perfetto
 Each step is cut into "data", "forward", "backward" and "optimizer" ranges, so the tables and the timeline show
