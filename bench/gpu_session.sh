@@ -9,6 +9,7 @@
 #   bash bench/gpu_session.sh e2e            end-to-end benchmark against Hugging Face, BERT-base ("e2e-large": large)
 #   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor;
 #                                            "ffn-e2e": BERT-base end to end with it on and off (one call each)
+#   bash bench/gpu_session.sh impl-e2e       mini / small / base: the fused path against our own reference path
 #   bash bench/gpu_session.sh pretrain ARGS  bench_pretrain (bf16 fast path vs fp32 reference convergence, tokens/s)
 #   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data; --name finetune_gpu)
 # The data these two read on a host without gensim and the checkpoint wheel: python -m bench.device_data (NOTES §4).
@@ -78,6 +79,11 @@ case "${1:-tests}" in
       --workloads infer-B256-S128,infer-B64-S512-ragged,train-B256-S128 \
       --providers bert_fast,bert_fast+fused-ffn,bert_fast+fused-ffn-persistent,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_fused_ffn.log"
     save e2e.jsonl e2e_fused_ffn.md e2e_fused_ffn.png ;;
+  impl-e2e)  # the fused path against our own reference path by model size: what impl="auto" should follow
+    python -m bench.bench_e2e --sizes mini,small,base --name e2e_impl \
+      --workloads infer-B256-S128,train-B256-S128,train-B32-S512-ragged \
+      --providers bert_fast,bert_fast-reference,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_impl.log"
+    save e2e.jsonl e2e_impl.md e2e_impl.png ;;
   pretrain)
     python -m bench.bench_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_pretrain.log"
     save bench_pretrain.jsonl pretrain_convergence.png pretrain_profile_ours-bf16-triton.txt \

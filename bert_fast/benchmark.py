@@ -44,10 +44,13 @@ WORKLOADS = [
 ]
 # "+fused-ffn" runs with bert_fast.set_fused_linear_gelu("tiled"), "+fused-ffn-persistent" with "persistent".
 FUSED_FFN = {"bert_fast+fused-ffn": "tiled", "bert_fast+fused-ffn-persistent": "persistent"}
-PROVIDERS = ["bert_fast", "bert_fast+graphs", *FUSED_FFN, "hf-eager", "hf-sdpa", "hf-sdpa+compile"]
-# Run when no providers are named. The fused-FFN settings are opt-in and still to be measured: asked for by name
-# (bench/gpu_session.sh ffn-e2e), so the default run keeps to one device call.
-DEFAULT_PROVIDERS = [p for p in PROVIDERS if p not in FUSED_FFN]
+# Our own PyTorch reference path (impl="reference"): the fused path's gain over it, by model size, is what
+# impl="auto" should follow (bench/gpu_session.sh impl-e2e).
+REFERENCE = "bert_fast-reference"
+PROVIDERS = ["bert_fast", "bert_fast+graphs", *FUSED_FFN, REFERENCE, "hf-eager", "hf-sdpa", "hf-sdpa+compile"]
+# Run when no providers are named. The fused-FFN settings and the reference path are opt-in, asked for by name,
+# so the default run keeps to one device call.
+DEFAULT_PROVIDERS = [p for p in PROVIDERS if p not in FUSED_FFN and p != REFERENCE]
 
 
 def make_batch(workload: Workload, vocab_size: int, device, generator: torch.Generator) -> dict:
@@ -82,7 +85,8 @@ def build(provider: str, config: BertConfig, mode: str, state: dict, device):
     if not train:  # the bare encoder's keys
         state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
     if provider.startswith("bert_fast"):
-        model = (BertForPreTraining if train else BertModel)(config, impl="triton")
+        impl = "reference" if provider == REFERENCE else "triton"
+        model = (BertForPreTraining if train else BertModel)(config, impl=impl)
     else:
         model = _hf_model(config, mode, "eager" if provider == "hf-eager" else "sdpa")
     model.load_state_dict(state, strict=True)

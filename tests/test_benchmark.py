@@ -16,7 +16,7 @@ def test_providers_share_weights_and_agree(mode):
     workload = benchmark.Workload("t", mode, 3, 16, ragged=True)
     batch = benchmark.make_batch(workload, config.vocab_size, "cpu", torch.Generator().manual_seed(0))
     results = {}
-    for provider in ("bert_fast", "hf-eager", "hf-sdpa"):
+    for provider in ("bert_fast", "bert_fast-reference", "hf-eager", "hf-sdpa"):
         model = benchmark.build(provider, config, mode, state, "cpu").float()
         if mode == "train":
             with torch.no_grad():
@@ -25,6 +25,7 @@ def test_providers_share_weights_and_agree(mode):
             out = benchmark.step_fn(model, batch, mode)()
             results[provider] = out[0][batch["attention_mask"].bool()]
     assert torch.allclose(results["bert_fast"], results["hf-eager"], atol=1e-4)
+    assert torch.allclose(results["bert_fast-reference"], results["hf-eager"], atol=1e-4)
     assert torch.allclose(results["hf-sdpa"], results["hf-eager"], atol=1e-4)
 
 
@@ -33,3 +34,8 @@ def test_ratio_table():
             for p, ms, t in (("bert_fast", 1.0, 300.0), ("hf-sdpa", 2.0, 100.0))]
     table = {r["provider"]: r for r in benchmark.ratio_table(rows)}
     assert table["bert_fast"]["x hf-sdpa"] == 3.0 and table["hf-sdpa"]["x hf-sdpa"] == 1.0
+
+
+def test_reference_path_and_fused_ffn_are_opt_in():
+    assert "bert_fast-reference" in benchmark.PROVIDERS and "bert_fast-reference" not in benchmark.DEFAULT_PROVIDERS
+    assert not set(benchmark.FUSED_FFN) & set(benchmark.DEFAULT_PROVIDERS)
