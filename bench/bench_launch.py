@@ -7,55 +7,97 @@ time (wall time per call over many calls, no sync inside the loop):
   eager      the public function in plain eager mode (EagerOp: a plain autograd.Function around the launcher)
   custom-op  the registered torch custom op (torch.ops.bert_fast.*), what torch.compile's graphs call
   torch      the PyTorch reference on the same inputs, for scale
-each for the forward alone and for forward + backward (torch.autograd.grad).
+each for the forward alone and for forward + backward (torch.autograd.grad), and for one whole encoder layer
+(layer-triton: the packed fast path; layer-reference: the padded reference path, Hugging Face's computation).
 
-    python -m bench.bench_launch            # GPU: rows appended to bench/results/launch.jsonl
-    python -m bench.bench_launch --quick    # CPU: an interpreter smoke run, not saved
+Each is measured along four launch paths (the `path` column):
+  lean       our cached launch path (bert_fast_kernels._launch, the default): Triton's Python path once per kind
+  triton     Triton's own path on every call (kernel[grid](...): Autotuner.run, JITFunction.run)
+  no-jit     Triton's path with JITFunction.run stubbed: the Autotuner's and our own host code
+  ours       Autotuner.run and Heuristics.run stubbed too: only our own host code (and PyTorch's)
+Stubbed calls compute nothing, so only their times mean anything.
+
+Without a GPU there are two ways to run it. Plain, the kernels would run in Triton's interpreter, so only "ours"
+is measured. With --stub-driver (bench/stub_driver.py), kernels compile for sm_90 and every path runs as on an
+H100 except the C launcher's call into the CUDA driver: the host cost of Triton's path and of ours, measured
+without a GPU (half precision, so the attention kernels take their autotuned path as they do on one).
+
+    python -m bench.bench_launch                 # GPU: rows appended to bench/results/launch.jsonl
+    python -m bench.bench_launch --stub-driver   # CPU: every path but the driver call; --save appends the rows
+    python -m bench.bench_launch --quick         # a smoke run, not saved
 """
+
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import time
 
 import torch
 
-if not torch.cuda.is_available():  # the CPU smoke run needs Triton's interpreter, set before the kernels import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from bert_fast_kernels import (
-    add_layer_norm,
-    add_layer_norm_ref,
-    bias_gelu,
-    bias_gelu_ref,
-    varlen_attention_qkvpacked,
-    varlen_attention_ref,
-)
-
 from bench.common import format_table, save_rows
 
 NAME = "launch"
+PATHS = ("lean", "triton", "no-jit", "ours")
+
+
+@contextlib.contextmanager
+def launch_path(path: str):
+    """Launch through `path` (see the module docstring) until exit: our cached launch path or Triton's own, with
+    parts of Triton's replaced by a no-op. Restores everything on exit."""
+    from bert_fast_kernels._launch import set_lean_launch
+    from triton.runtime import autotuner, interpreter, jit
+
+    stubs = {
+        "lean": [],
+        "triton": [],
+        "no-jit": [(jit.JITFunction, "run"), (interpreter.InterpretedFunction, "run")],
+        "ours": [(jit.JITFunction, "run"), (interpreter.InterpretedFunction, "run"),
+                 (autotuner.Autotuner, "run"), (autotuner.Heuristics, "run")],
+    }[path]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in stubs]
+    lean = set_lean_launch(path == "lean")
+    try:
+        for cls, name in stubs:
+            setattr(cls, name, lambda self, *args, **kwargs: None)
+        yield
+    finally:
+        set_lean_launch(lean)
+        for cls, name, method in saved:
+            setattr(cls, name, method)
 
 
 def host_us(fn, calls: int, cuda: bool) -> float:
-    """Mean wall microseconds per call, measured without a sync in the loop (warm-up first)."""
+    """Mean microseconds per call, measured without a sync in the loop (warm-up first): wall time on a GPU host;
+    without a GPU, the CPU time of this thread, which a busy shared machine's other tenants do not inflate."""
+    clock = time.perf_counter if cuda else time.thread_time
     for _ in range(max(1, calls // 10)):
         fn()
     if cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         fn()
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if cuda:
         torch.cuda.synchronize()
     return elapsed / calls * 1e6
 
 
 def cases(device: str, dtype: torch.dtype) -> dict:
-    """{op: {layer: forward fn(*inputs)}, inputs} at a shape whose kernels take microseconds."""
+    """{op: (inputs, {layer: forward fn(*inputs)})} at shapes whose kernels take microseconds."""
+    from bert_fast_kernels import (
+        add_layer_norm,
+        add_layer_norm_ref,
+        bias_gelu,
+        bias_gelu_ref,
+        varlen_attention_qkvpacked,
+        varlen_attention_ref,
+    )
+
     bg = importlib.import_module("bert_fast_kernels.bias_gelu")
     ln = importlib.import_module("bert_fast_kernels.add_layer_norm")
     att = importlib.import_module("bert_fast_kernels.varlen_attention")
@@ -92,46 +134,108 @@ def cases(device: str, dtype: torch.dtype) -> dict:
             "custom-op": lambda qkv: att._packed_fwd_op(qkv, cu, max_len, 0.0, scale, 0, True)[0],
             "torch": attention_ref,
         }),
+        # CPU GEMMs in half precision take a millisecond each at any size: the CPU runs the layer in float32
+        "encoder-layer": encoder_layer_case(device, dtype if device == "cuda" else torch.float32),
+    }
+
+
+def encoder_layer_case(device: str, dtype: torch.dtype):
+    """One narrow BERT layer (hidden 64, 2 heads of 32, FFN 256) on two sequences of 64 and 40 tokens, so that
+    even a CPU's GEMMs take little time: every host step of the model's code around the kernels (projections,
+    layout, views), fast path and reference path."""
+    from bert_fast import ops as ops_lib
+    from bert_fast.config import BertConfig
+    from bert_fast.modeling import BertLayer
+
+    config = BertConfig(hidden_size=64, num_attention_heads=2, intermediate_size=256, num_hidden_layers=1,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    layer = BertLayer(config).to(device=device, dtype=dtype)
+    mask = torch.zeros(2, 64, dtype=torch.long, device=device)
+    mask[0, :64], mask[1, :40] = 1, 1
+    fast, reference = ops_lib.triton_ops(), ops_lib.REFERENCE
+    packed = fast.layout(mask, 2, 64, device)
+    padded = reference.layout(mask, 2, 64, device)
+    hidden = torch.randn(2, 64, 64, device=device).to(dtype)
+    return [hidden], {
+        "layer-triton": lambda h: layer(packed.pack(h), packed, fast),
+        "layer-reference": lambda h: layer(h, padded, reference),
     }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few calls; on a CPU a smoke run")
+    parser.add_argument("--quick", action="store_true", help="few calls, nothing saved: a smoke run")
+    parser.add_argument("--stub-driver", action="store_true",
+                        help="no GPU: Triton's compiled launch path with the driver call stubbed (bench/stub_driver.py)")
+    parser.add_argument("--save", action="store_true", help="without a GPU, append this machine's rows too")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    calls = 500 if cuda and not args.quick else 20 if cuda else 1
+    if args.stub_driver:
+        from bench import stub_driver
+
+        stub_driver.install()  # before anything imports the kernels
+        device, dtype, paths = "cpu", torch.float16, PATHS
+    elif cuda:
+        device, dtype, paths = "cuda", torch.bfloat16, PATHS
+    else:  # the interpreter would run the kernels themselves: only our own host code is measured
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        device, dtype, paths = "cpu", torch.float32, ("ours",)
+    if device == "cpu":
+        torch.set_num_threads(1)  # tiny CPU ops: threads add noise, not speed
+    # without a GPU, many short trials: the fastest of them is what the code costs, the rest is the machine's noise
+    calls, repeats = (20, 1) if args.quick else (500, 3) if cuda else (200, 15)
+    where = "cuda" if cuda else "cpu, stub driver" if args.stub_driver else "cpu, interpreter"
 
     rows = []
     for op, (inputs, layers) in cases(device, dtype).items():
         for layer, fn in layers.items():
             for mode in ("fwd", "fwd+bwd"):
-                if mode == "fwd":
+                if mode == "fwd+bwd" and layer == "launcher":
+                    continue  # launchers have no autograd
+                call = _timed_call(fn, inputs, mode)
+                trials = {path: [] for path in paths}
+                for _ in range(repeats):  # the paths take turns, so a slow spell of the machine hits them all
+                    for path in paths:
+                        with launch_path(path):
+                            trials[path].append(host_us(call, calls, cuda))
+                for path, times in trials.items():
+                    us = min(times)
+                    rows.append({"op": op, "layer": layer, "mode": mode, "path": path, "host": where, "host_us": us})
+                    print(f"{op:15s} {layer:15s} {mode:8s} {path:7s} {us:9.1f} us per call", flush=True)
 
-                    def call(fn=fn, inputs=inputs):
-                        with torch.no_grad():
-                            fn(*inputs)
-                else:
-                    if layer == "launcher":
-                        continue  # launchers have no autograd
-                    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-                    dy = torch.randn_like(fn(*leaves))
-
-                    def call(fn=fn, leaves=leaves, dy=dy):
-                        torch.autograd.grad(fn(*leaves), leaves, dy)
-
-                us = host_us(call, calls, cuda)
-                rows.append({"op": op, "layer": layer, "mode": mode, "host_us": us})
-                print(f"{op:15s} {layer:9s} {mode:8s} {us:9.1f} us per call")
-
-    if cuda and not args.quick:
+    if not args.quick and (cuda or args.save):
         save_rows(NAME, rows)
+    print(f"\nhost µs per call ({where}; paths: {', '.join(paths)}" + (", not saved)" if args.quick else ")"))
+    columns = [f"{layer} {path}" for layer in ("launcher", "eager", "custom-op", "torch") for path in paths]
+    print(_table(rows, ("bias_gelu", "add_layer_norm", "attention"), columns))
+    print(_table(rows, ("encoder-layer",), [f"{layer} {path}" for layer in ("layer-triton", "layer-reference")
+                                            for path in paths]))
+
+
+def _timed_call(fn, inputs, mode):
+    if mode == "fwd":
+
+        def call():
+            with torch.no_grad():
+                fn(*inputs)
+
+        return call
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    dy = torch.randn_like(fn(*leaves))
+
+    def call():
+        torch.autograd.grad(fn(*leaves), leaves, dy)
+
+    return call
+
+
+def _table(rows, ops, columns) -> str:
     table = {}
     for r in rows:
-        table.setdefault((r["op"], r["mode"]), {"op": r["op"], "mode": r["mode"]})[r["layer"]] = r["host_us"]
-    print("\nhost µs per call" + ("" if cuda else " (CPU interpreter smoke run: meaningless, not saved)"))
-    print(format_table(list(table.values()), ["op", "mode", "launcher", "eager", "custom-op", "torch"]))
+        if r["op"] in ops:
+            table.setdefault((r["op"], r["mode"]), {"op": r["op"], "mode": r["mode"]})[f"{r['layer']} {r['path']}"] = (
+                r["host_us"])
+    return format_table(list(table.values()), ["op", "mode", *columns])
 
 
 if __name__ == "__main__":

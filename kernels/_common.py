@@ -32,6 +32,20 @@ def check_float_dtype(op: str, name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{op}: {name} has dtype {t.dtype}; expected one of float32, float16, bfloat16")
 
 
+# Host-side integer helpers. triton.cdiv and triton.next_power_of_2 are constexpr functions: called from Python
+# each costs about 5 µs of host time (argument unwrapping), and a launch makes several of these calls.
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for non-negative ints; triton.cdiv's result."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n (0 for 0); triton.next_power_of_2's result."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """tl.dot's input_precision: fp32 inputs use exact fp32 dots; half inputs ignore it (fp16 / bf16 tensor cores)."""
     return "ieee" if dtype == torch.float32 else "tf32"

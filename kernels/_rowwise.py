@@ -10,9 +10,8 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 
-from ._common import interpreting
+from ._common import interpreting, next_power_of_2
 
 MIN_BLOCK_N = 16  # the dropout draws 4 words per Philox call, so a row tile holds at least 4 columns
 
@@ -74,4 +73,4 @@ def programs_per_sm(device: torch.device) -> int:
 
 
 def block_n(n_cols: int) -> int:
-    return max(MIN_BLOCK_N, triton.next_power_of_2(n_cols))
+    return max(MIN_BLOCK_N, next_power_of_2(n_cols))

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EagerOp, check_float_dtype, check_kernel_device, draw_seed, interpreting
+from ._common import EagerOp, cdiv, check_float_dtype, check_kernel_device, draw_seed, interpreting
+from ._launch import launch
 from ._rowwise import as_rows, block_n, persistent_programs, row_stride, warps_for
 
 MAX_COLS = 16384
@@ -345,7 +346,8 @@ def add_layer_norm_fwd(
     # variance (hidden size 1, a constant row) rstd is 1/sqrt(eps) = 1e6, and that rounding came out as a dx
     # of 1e-3 where the exact answer is 0 (seen on an H100). The forward is built the same way so the
     # backward's recomputed h matches it bit for bit. Both are memory-bound: the extra multiplies are free.
-    _add_layer_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+    launch(
+        _add_layer_norm_fwd_kernel, (cdiv(n_rows, rows),),
         x2, res2, weight, bias, x_bias, y, res_out, mean, rstd,
         n_rows, n_cols, x2.stride(0), row_stride(res2), n_cols, n_cols,
         eps, seed_, threshold, scale,
@@ -411,11 +413,12 @@ def add_layer_norm_bwd_raw(
     dx = dres if alias else (torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_dx else None)
 
     bn, rows, warps = _bwd_config(n_cols)
-    n_tiles = triton.cdiv(n_rows, rows)
+    n_tiles = cdiv(n_rows, rows)
     programs = persistent_programs(x.device, n_tiles, warps) if n_rows else 0
     part = torch.empty((len(slots), programs, n_cols), dtype=torch.float32, device=x.device)
     if programs:
-        _add_layer_norm_bwd_kernel[(programs,)](
+        launch(
+            _add_layer_norm_bwd_kernel, (programs,),
             dy2, dro2, x2, res2, weight, x_bias, mean, rstd,
             dx, dres, part if slots else None,
             n_rows, n_cols, dy2.stride(0), row_stride(dro2), x2.stride(0), row_stride(res2), n_cols, n_cols,
@@ -464,7 +467,7 @@ def add_layer_norm_dropout_mask(
     check_kernel_device("add_layer_norm_dropout_mask", keep)
     bn = block_n(n_cols)
     rows = max(1, 4096 // bn)
-    _dropout_mask_kernel[(triton.cdiv(n_rows, rows),)](
+    _dropout_mask_kernel[(cdiv(n_rows, rows),)](
         keep, n_rows, n_cols, seed_, threshold, ROWS=rows, BLOCK_N=bn, num_warps=warps_for(bn * rows)
     )
     return keep.view(torch.bool)

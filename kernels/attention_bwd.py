@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune, dot_precision, interpreting, launch_kwargs
+from ._common import autotune, cdiv, dot_precision, interpreting, launch_kwargs
+from ._launch import launch
 from .attention_fwd import (
     _NO_SPECIALIZE,
     AUTOTUNE_KEY,
@@ -340,19 +341,21 @@ def varlen_attention_bwd(
 
     delta = torch.empty_like(lse)
     block_t = 64 if interpreting() else 128
-    _bwd_preprocess[(triton.cdiv(total, block_t), heads)](
+    launch(
+        _bwd_preprocess, (cdiv(total, block_t), heads),
         out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), total,
         HEAD_DIM=head_dim, BLOCK_T=block_t,
     )  # fmt: skip
 
     atomic_dq = not deterministic
     dq_acc = torch.zeros((total, heads, head_dim), dtype=torch.float32, device=q.device) if atomic_dq else dq
-    kernel, launch = _bwd_launch(head_dim, q.dtype, config, atomic_dq)
+    kernel, fixed = _bwd_launch(head_dim, q.dtype, config, atomic_dq)
 
     def grid(meta):
-        return (triton.cdiv(max_seqlen, meta["BLOCK_N1"]) * batch * heads,)
+        return (cdiv(max_seqlen, meta["BLOCK_N1"]) * batch * heads,)
 
-    kernel[grid](
+    launch(
+        kernel, grid,
         q, k, v, dout, dq, dk, dv, dq_acc, lse, delta, cu_seqlens,
         softmax_scale, softmax_scale * 1.4426950408889634, 1.0 / (1.0 - dropout_p), dropout_threshold(dropout_p),
         seed,
@@ -360,7 +363,7 @@ def varlen_attention_bwd(
         dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         dq_acc.stride(0), dq_acc.stride(1), total, heads, max_seqlen, seq_bucket(max_seqlen),
         HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), ATOMIC_DQ=atomic_dq,
-        **launch,
+        **fixed,
     )  # fmt: skip
     if atomic_dq:
         dq.copy_(dq_acc)

@@ -29,7 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune, check_float_dtype, check_kernel_device, dot_precision, interpreting, launch_kwargs
+from ._common import (
+    autotune,
+    cdiv,
+    check_float_dtype,
+    check_kernel_device,
+    dot_precision,
+    interpreting,
+    launch_kwargs,
+    next_power_of_2,
+)
+from ._launch import launch
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -203,7 +213,7 @@ _fwd_tuned: dict = {}
 
 def seq_bucket(max_seqlen: int) -> int:
     """Next power of two of max_seqlen (at least 64): the autotune key for the sequence length."""
-    return max(64, triton.next_power_of_2(max(int(max_seqlen), 1)))
+    return max(64, next_power_of_2(max(int(max_seqlen), 1)))
 
 
 # fp32 ("ieee" dots run on CUDA cores, operands held in registers): one fixed config per head-dim group, the
@@ -309,17 +319,18 @@ def varlen_attention_fwd(
     batch = cu_seqlens.numel() - 1
     if total == 0 or max_seqlen == 0:
         return out, lse
-    kernel, launch = _fwd_launch(head_dim, q.dtype, config)
+    kernel, fixed = _fwd_launch(head_dim, q.dtype, config)
 
     def grid(meta):
-        return (triton.cdiv(max_seqlen, meta["BLOCK_M"]) * batch * heads,)
+        return (cdiv(max_seqlen, meta["BLOCK_M"]) * batch * heads,)
 
-    kernel[grid](
+    launch(
+        kernel, grid,
         q, k, v, out, lse, cu_seqlens,
         softmax_scale * 1.4426950408889634, 1.0 / (1.0 - dropout_p), dropout_threshold(dropout_p), seed,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         total, heads, max_seqlen, seq_bucket(max_seqlen),
-        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), **launch,
+        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), **fixed,
     )  # fmt: skip
     return out, lse
 
@@ -343,7 +354,7 @@ def varlen_dropout_mask(
     if mask.numel() == 0:
         return mask.bool()
     block = 128
-    grid = (batch * heads, triton.cdiv(max_seqlen, block), triton.cdiv(max_seqlen, block))
+    grid = (batch * heads, cdiv(max_seqlen, block), cdiv(max_seqlen, block))
     _dropout_mask_kernel[grid](
         mask, cu_seqlens, seed, dropout_threshold(dropout_p), heads, max_seqlen,
         BLOCK_M=block, BLOCK_N=block, num_warps=8,

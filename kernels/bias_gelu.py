@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EagerOp, check_float_dtype, check_kernel_device
+from ._common import EagerOp, cdiv, check_float_dtype, check_kernel_device, next_power_of_2
+from ._launch import launch
 from ._rowwise import as_rows, persistent_programs, warps_for
 
 APPROXIMATIONS = ("none", "tanh")
@@ -152,8 +153,8 @@ def _config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
         if n_cols % bn == 0:
             break
     else:
-        bn = min(1024, triton.next_power_of_2(n_cols))
-    bm = min(max(1, 4096 // bn), triton.next_power_of_2(max(n_rows, 1)))
+        bn = min(1024, next_power_of_2(n_cols))
+    bm = min(max(1, 4096 // bn), next_power_of_2(max(n_rows, 1)))
     return bm, bn, warps_for(bm * bn)
 
 
@@ -183,8 +184,9 @@ def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str =
     if n_rows == 0:
         return y
     bm, bn, warps = _config(n_rows, n_cols)
-    grid = (triton.cdiv(n_rows, bm), triton.cdiv(n_cols, bn))
-    _bias_gelu_fwd_kernel[grid](
+    grid = (cdiv(n_rows, bm), cdiv(n_cols, bn))
+    launch(
+        _bias_gelu_fwd_kernel, grid,
         x2, bias, y, n_rows, n_cols, x2.stride(0), n_cols,
         HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh", BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
     )  # fmt: skip
@@ -204,12 +206,13 @@ def bias_gelu_bwd(
     n_rows = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     bm, bn, warps = _config(n_rows, n_cols)
-    n_col_blocks = triton.cdiv(n_cols, bn)
-    n_tiles = triton.cdiv(n_rows, bm)
+    n_col_blocks = cdiv(n_cols, bn)
+    n_tiles = cdiv(n_rows, bm)
     programs = persistent_programs(x.device, n_tiles, warps, parallel=n_col_blocks) if n_rows else 0
     part = torch.empty((programs if need_dbias else 0, n_cols), dtype=torch.float32, device=x.device)
     if programs:
-        _bias_gelu_bwd_kernel[(programs, n_col_blocks)](
+        launch(
+            _bias_gelu_bwd_kernel, (programs, n_col_blocks),
             dy2, x2, bias, dx, part if need_dbias else None, n_rows, n_cols, dy2.stride(0), x2.stride(0), n_cols,
             HAS_BIAS=bias is not None, COMPUTE_DBIAS=need_dbias, APPROX_TANH=approximate == "tanh",
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,

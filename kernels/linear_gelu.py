@@ -35,12 +35,15 @@ import triton.language as tl
 from ._common import (
     EagerOp,
     autotune,
+    cdiv,
     check_float_dtype,
     check_kernel_device,
     dot_precision,
     interpreting,
     launch_kwargs,
+    next_power_of_2,
 )
+from ._launch import launch
 from ._rowwise import as_rows, programs_per_sm
 from .bias_gelu import APPROXIMATIONS, _gelu, bias_gelu_backward
 
@@ -230,10 +233,10 @@ def _launch_persistent(x2, weight, bias, y2, z2, approximate: str, config: trito
 
     (m, k), n = x2.shape, weight.shape[0]
     if config is None and not interpreting():  # half precision on a GPU: fp32 never comes here (linear_gelu_fwd)
-        kernel, launch = _tuned_persistent, {}
+        kernel, fixed = _tuned_persistent, {}
     else:
-        kernel, launch = _linear_gelu_persistent_kernel, launch_kwargs(config or INTERPRETER_CONFIG)
-    bm, bn, bk = (launch.get(name, 64) for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))  # the pre-hook resets these
+        kernel, fixed = _linear_gelu_persistent_kernel, launch_kwargs(config or INTERPRETER_CONFIG)
+    bm, bn, bk = (fixed.get(name, 64) for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))  # the pre-hook resets these
     descs = [
         TensorDescriptor.from_tensor(x2, [bm, bk]),
         TensorDescriptor.from_tensor(weight, [bn, bk]),
@@ -243,12 +246,13 @@ def _launch_persistent(x2, weight, bias, y2, z2, approximate: str, config: trito
     programs = programs_per_sm(x2.device)
 
     def grid(meta):
-        return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+        return (min(programs, cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"])),)
 
-    kernel[grid](
-        *descs, bias, m, n, k, triton.next_power_of_2(m),
+    launch(
+        kernel, grid,
+        *descs, bias, m, n, k, next_power_of_2(m),
         HAS_BIAS=bias is not None, STORE_Z=z2 is not None, APPROX_TANH=approximate == "tanh",
-        DOT_PRECISION=dot_precision(x2.dtype), NUM_PROGRAMS=programs, **launch,
+        DOT_PRECISION=dot_precision(x2.dtype), NUM_PROGRAMS=programs, **fixed,
     )  # fmt: skip
 
 
@@ -317,16 +321,17 @@ def linear_gelu_fwd(
             _launch_persistent(x2, weight, bias, y.view(m, n), None if z is None else z.view(m, n), approximate,
                                config)
             return y, z
-    kernel, launch = _launch(x.dtype, config)
+    kernel, fixed = _launch(x.dtype, config)
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
 
-    kernel[grid](
-        x2, weight, bias, y, z, m, n, k, triton.next_power_of_2(m),
+    launch(
+        kernel, grid,
+        x2, weight, bias, y, z, m, n, k, next_power_of_2(m),
         x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
         HAS_BIAS=bias is not None, STORE_Z=store_preact, APPROX_TANH=approximate == "tanh",
-        DOT_PRECISION=dot_precision(x.dtype), **launch,
+        DOT_PRECISION=dot_precision(x.dtype), **fixed,
     )  # fmt: skip
     return y, z
 

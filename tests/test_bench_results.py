@@ -45,5 +45,7 @@ def test_launch_bench_smoke_run_covers_every_layer(capsys):
     out = capsys.readouterr().out
     for op in ("bias_gelu", "add_layer_norm", "attention"):
         for layer in ("launcher", "eager", "custom-op", "torch"):
-            assert f"{op:15s} {layer:9s} fwd " in out, (op, layer)
-    assert "not saved" in out
+            assert f"{op:15s} {layer:15s} fwd      ours " in out, (op, layer)
+    for layer in ("layer-triton", "layer-reference"):
+        assert f"{'encoder-layer':15s} {layer:15s} fwd+bwd  ours " in out, layer
+    assert "cpu, interpreter" in out and "not saved" in out
