@@ -3,9 +3,9 @@
 `kernel[grid](*args, **kwargs)` goes through Autotuner.run (a dict of every argument, the tuning key rebuilt with a
 hasattr test per argument) and JITFunction.run (device and stream lookups, the argument binder, a cache key built
 from str(options), a check of the kernel's globals, the grid) before the compiled kernel's C launcher runs. On a
-CPU with the GPU launch stubbed out (bench/host_launch.py, triton 3.6) that is about 45 µs of the 65 µs an
-autotuned attention launch costs the host, against 20 µs for our own launcher code; on the first H100 run, launch
-overhead was what bounded every small workload (bench/NOTES.md §6).
+CPU with only the driver call stubbed out (`python -m bench.bench_launch --stub-driver`, triton 3.6) that is 54 µs
+of the 84 µs an autotuned attention launch costs the host, against 30 µs for our own launcher code
+(bench/NOTES.md §7). On the first H100 run, launch overhead was what bounded every small workload (§6).
 
 `launch(kernel, grid, *args, **kwargs)` does the same launch. The first call of each kind takes Triton's own path,
 which tunes, compiles and launches, and keeps what it chose:
