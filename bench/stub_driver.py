@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 KERNEL_MODULES = ("bias_gelu", "add_layer_norm", "attention_fwd", "attention_bwd", "varlen_attention", "linear_gelu")
 launches: list[tuple] = []  # while `recording`, the arguments of each stubbed launch (grid, stream, ..., kernel args)
@@ -63,7 +64,7 @@ def install() -> None:
         return
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("bench.stub_driver: unset TRITON_INTERPRET; the stub driver runs Triton's compiled path")
-    if "bert_fast_kernels" in importlib.sys.modules:
+    if "bert_fast_kernels" in sys.modules:
         raise RuntimeError("bench.stub_driver: install() must run before bert_fast_kernels is imported")
     from triton.runtime import autotuner, jit
     from triton.runtime.driver import driver

@@ -18,8 +18,8 @@ list JITFunction.run would pass (tests/kernels/test_launch.py checks that, call 
 
 It falls back to `kernel[grid](...)` whenever anything could make the two differ: Triton's interpreter, a Triton
 release whose launch path it has not been checked against, launch hooks or debug mode switched on, pre-run hooks,
-a config with its own pre_hook, kernels wrapped in anything but one Autotuner. `set_lean_launch(False)` (or
-BERT_FAST_LEAN_LAUNCH=0) turns it off.
+a config with its own pre_hook, arguments other than tensors, None and scalars (TMA descriptors), kernels wrapped in
+anything but one Autotuner. `set_lean_launch(False)` (or BERT_FAST_LEAN_LAUNCH=0) turns it off.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ class _KernelState:
 _states: dict[int, _KernelState] = {}
 
 
+def _plain_argument(value) -> bool:
+    """Tensors, None and Python scalars: the argument kinds the cached path was checked with. Others (TMA tensor
+    descriptors, whose launcher builds a descriptor per call) keep Triton's path."""
+    return value is None or isinstance(value, (torch.Tensor, int, float, bool, str))
+
+
 def _hook_set(hook) -> bool:
     """A launch hook that would run. Triton keeps an empty HookChain where none is registered; Triton's own path
     then still builds launch metadata and calls the empty chains, which the cached path skips."""
@@ -136,7 +142,11 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     key = (device, tuple(specialization), tuple(options.items()))
     compiled = state.compiled.get(key)
     if compiled is None:
-        state.compiled[key] = jit.run(*args, grid=grid, warmup=False, **kwargs)  # compiles and launches
+        compiled = jit.run(*args, grid=grid, warmup=False, **kwargs)  # compiles and launches
+        state.compiled[key] = compiled if all(map(_plain_argument, bound_args.values())) else _USE_TRITON
+        return
+    if compiled is _USE_TRITON:
+        jit[grid](*args, **kwargs)
         return
     if callable(grid):
         grid = grid(bound_args)

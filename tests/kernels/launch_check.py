@@ -9,6 +9,7 @@ all (JITFunction.run was not called).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -28,6 +29,7 @@ ln = importlib.import_module("bert_fast_kernels.add_layer_norm")
 ab = importlib.import_module("bert_fast_kernels.attention_bwd")
 af = importlib.import_module("bert_fast_kernels.attention_fwd")
 bg = importlib.import_module("bert_fast_kernels.bias_gelu")
+lg = importlib.import_module("bert_fast_kernels.linear_gelu")
 
 jit_runs = 0
 _run = jit.JITFunction.run
@@ -45,6 +47,10 @@ jit.JITFunction.run = _counted_run
 def _normal(value):
     if isinstance(value, torch.Tensor):
         return ("tensor", str(value.dtype), tuple(value.shape), value.stride())
+    if dataclasses.is_dataclass(value):  # a TMA tensor descriptor: its tensor, shape, strides, block shape
+        return (type(value).__name__, *(_normal(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    if isinstance(value, list):
+        return tuple(_normal(v) for v in value)
     return value
 
 
@@ -108,6 +114,11 @@ def main():
     compare("add_layer_norm fwd, dropout", lambda: ln.add_layer_norm_fwd(x, x, w32, w32, 1e-12, dropout_p=0.1, seed=3))
     _, _, mean, rstd = ln.add_layer_norm_fwd(x, x, w32, w32, 1e-12)
     compare("add_layer_norm bwd", lambda: ln.add_layer_norm_bwd(dy, x, x, w32, w32, mean, rstd))
+
+    # the persistent GEMM takes TMA descriptors: Triton's path on every call (the case's "cached" is false)
+    w = torch.randn(128, 256, dtype=half)
+    compare("linear_gelu persistent (TMA descriptors)",
+            lambda: lg.linear_gelu_fwd(x, w, None, variant="persistent", config=lg.PERSISTENT_CONFIGS[2]))
 
     # half: the autotuned kernels, at two tuning keys (sequence buckets 64 and 256); fp32: a fixed config
     for dtype, lengths in ((half, (64, 40, 1)), (half, (200, 7)), (torch.float32, (64, 40, 1))):

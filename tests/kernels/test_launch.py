@@ -46,11 +46,12 @@ def test_cached_path_hands_the_launcher_what_triton_does(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     cases = [line for line in lines if "case" in line]
-    assert len(cases) == 19
+    assert len(cases) == 20
     for case in cases:
         assert case["same"], case
-        assert case["cached"], case  # the call took the cached path, not Triton's
-    assert sum(case["launches"] for case in cases) == 25
+        # the call took the cached path, not Triton's; TMA descriptor arguments keep Triton's path by design
+        assert case["cached"] == ("TMA" not in case["case"]), case
+    assert sum(case["launches"] for case in cases) == 26
     picks = lines[-1]["picks"]
     assert len(picks) == 4 and len(set(picks.values())) > 1  # per-key picks, kept apart
 
