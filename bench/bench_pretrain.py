@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import re
 import shutil
 import statistics
 import sys
@@ -35,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, format_table, save_rows
+from bench.common import RESULTS_DIR, environment_of, format_table, save_rows
 from bert_fast.training.config import PretrainConfig
 from bert_fast.training.metrics import read_metrics
 from bert_fast.training.trainer import pretrain
@@ -77,25 +79,105 @@ def smoothed(records: list[dict], key: str) -> dict[int, float]:
     return out
 
 
-def compare_curves(fast_dir: Path, ref_dir: Path, steps: int) -> dict:
-    fast, ref = read_metrics(fast_dir), read_metrics(ref_dir)
-    ft = smoothed([r for r in fast if r["split"] == "train"], "mlm_loss")
-    rt = smoothed([r for r in ref if r["split"] == "train"], "mlm_loss")
+def compare_curves(fast: list[dict], ref: list[dict], steps: int) -> dict:
+    """Relative differences of the MLM loss between two runs' metrics records, after the first 10% of the steps:
+    smoothed training loss (where the records split it out) and held-out loss."""
+    out = {}
+    ft = smoothed([r for r in fast if r["split"] == "train" and "mlm_loss" in r], "mlm_loss")
+    rt = smoothed([r for r in ref if r["split"] == "train" and "mlm_loss" in r], "mlm_loss")
     common = [s for s in sorted(ft) if s in rt and s >= steps // 10]
-    train_rel = max(abs(ft[s] - rt[s]) / rt[s] for s in common)
+    if common:
+        out["max_rel_diff_train_mlm"] = max(abs(ft[s] - rt[s]) / rt[s] for s in common)
+        out["final_train_mlm_fast"], out["final_train_mlm_ref"] = ft[common[-1]], rt[common[-1]]
     fe = {r["step"]: r["mlm_loss"] for r in fast if r["split"] == "eval"}
     re_ = {r["step"]: r["mlm_loss"] for r in ref if r["split"] == "eval"}
-    eval_rel = max((abs(fe[s] - re_[s]) / re_[s] for s in fe if s in re_ and s >= steps // 10), default=0.0)
-    return {"max_rel_diff_train_mlm": train_rel, "max_rel_diff_eval_mlm": eval_rel,
-            "final_train_mlm_fast": ft[common[-1]], "final_train_mlm_ref": rt[common[-1]],
-            "passed": train_rel <= TOLERANCE and eval_rel <= TOLERANCE}
+    both = [s for s in fe if s in re_ and s >= steps // 10]
+    if both:
+        out["max_rel_diff_eval_mlm"] = max(abs(fe[s] - re_[s]) / re_[s] for s in both)
+    compared = [v for k, v in out.items() if k.startswith("max_rel_diff")]
+    out["passed"] = bool(compared) and all(v <= TOLERANCE for v in compared)
+    return out
 
 
-def throughput(run_dir: Path) -> dict:
-    train = [r for r in read_metrics(run_dir) if r["split"] == "train"][1:]  # the first interval includes warm-up
+def throughput(records: list[dict]) -> dict:
+    train = [r for r in records if r["split"] == "train"][1:]  # the first interval includes warm-up
     tokens = statistics.median(r["tokens_per_s"] for r in train)
     mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
     return {"tokens_per_s": tokens, "mfu": statistics.median(mfus) if mfus else None}
+
+
+# What the progress bar prints (trainer.py) when stderr is not a terminal: a run's header (this script), the
+# training line every few seconds and every held-out evaluation.
+LOG_RUN = re.compile(r"^== (\S+): (\w+), (\d+) steps of (\d+) x (\d+)")
+LOG_TRAIN = re.compile(r"^step (\d+)/\d+ loss=([\d.]+) lr=\S+ tok_s=([\d,]+) mfu=([\d.]+)%")
+LOG_EVAL = re.compile(r"^step (\d+): eval mlm_acc ([\d.]+) ppl ([\d.]+) nsp_acc ([\d.]+)")
+
+
+def runs_from_log(path: Path) -> dict[str, dict]:
+    """{provider: {model, steps, batch_size, seq_len, records}} from the printed log of a run of this script, with
+    records shaped like metrics.jsonl's: the logged total loss (MLM + NSP, not split), tokens/s and MFU, and every
+    evaluation (held-out MLM loss = log perplexity). For runs cut off before their rows and plot were saved."""
+    runs, records = {}, None
+    for line in path.read_text().splitlines():
+        if m := LOG_RUN.match(line):
+            records = []
+            runs[m[1]] = {"model": m[2], "steps": int(m[3]), "batch_size": int(m[4]), "seq_len": int(m[5]),
+                          "records": records}
+        elif records is None:
+            continue
+        elif m := LOG_TRAIN.match(line):
+            records.append({"split": "train", "step": int(m[1]), "loss": float(m[2]),
+                            "tokens_per_s": float(m[3].replace(",", "")), "mfu": float(m[4]) / 100})
+        elif m := LOG_EVAL.match(line):
+            records.append({"split": "eval", "step": int(m[1]), "mlm_accuracy": float(m[2]),
+                            "perplexity": float(m[3]), "mlm_loss": math.log(float(m[3])),
+                            "nsp_accuracy": float(m[4])})
+    if not runs:
+        raise ValueError(f"{path} holds no run of bench_pretrain (no '== provider: ...' header)")
+    return runs
+
+
+def report_from_log(log: Path, git_sha: str, runs_dir: Path) -> int:
+    """Rows and plot of a run whose call was cut off after both runs finished, from its log. The rows carry the
+    environment recorded by the same commit's other rows, and the log's name."""
+    env = {**environment_of(git_sha, RESULTS_DIR), "source": f"log {log.name}"}
+    runs = runs_from_log(log)
+    fast, ref = runs["ours-bf16-triton"], runs["ours-fp32-reference"]
+    curves = compare_curves(fast["records"], ref["records"], fast["steps"])
+    rows = []
+    for name, run in runs.items():
+        last_eval = [r for r in run["records"] if r["split"] == "eval"][-1]
+        rows.append({"provider": name, "model": run["model"], "steps": run["steps"], "batch_size": run["batch_size"],
+                     "seq_len": run["seq_len"], **throughput(run["records"]),
+                     "final_eval_mlm_accuracy": last_eval["mlm_accuracy"],
+                     "final_eval_perplexity": last_eval["perplexity"]})
+    for row in rows:
+        row["ours_bf16_speedup"] = rows[0]["tokens_per_s"] / row["tokens_per_s"]
+    rows.append({"provider": "convergence bf16-triton vs fp32-reference", **curves, "tolerance": TOLERANCE})
+    save_rows("bench_pretrain", rows, RESULTS_DIR, env=env)
+
+    from bert_fast.training.plot import plot_runs
+
+    dirs = []
+    for name, run in runs.items():  # metrics.jsonl files for the plot, in git-ignored run folders
+        (runs_dir / f"{name}-{git_sha}-log").mkdir(parents=True, exist_ok=True)
+        (runs_dir / f"{name}-{git_sha}-log" / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in run["records"]))
+        dirs.append(runs_dir / f"{name}-{git_sha}-log")
+    png = plot_runs(dirs, RESULTS_DIR / "pretrain_convergence.png", labels=["bf16 fast path", "fp32 reference"])
+    print(f"curves: {png}")
+    _print_report(rows, curves)
+    return 0 if curves["passed"] else 1
+
+
+def _print_report(rows: list[dict], curves: dict) -> None:
+    diffs = ", ".join(f"{k.removeprefix('max_rel_diff_').replace('_', ' ')} {v:.3%}"
+                      for k, v in curves.items() if k.startswith("max_rel_diff"))
+    print(f"convergence: max relative difference of the MLM loss: {diffs} (tolerance {TOLERANCE:.0%}): "
+          f"{'PASS' if curves['passed'] else 'FAIL'}")
+    print(format_table([r for r in rows if "tokens_per_s" in r],
+                       ["provider", "model", "batch_size", "tokens_per_s", "mfu", "ours_bf16_speedup",
+                        "final_eval_mlm_accuracy", "final_eval_perplexity"]))
 
 
 def hf_throughput(config: PretrainConfig, run_dir: Path, steps: int) -> dict:
@@ -157,7 +239,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="200 steps of 32 examples, a smoke run")
     parser.add_argument("--runs-dir", type=Path, default=RESULTS_DIR.parent.parent / "runs" / "bench-pretrain",
                         help="run folders (checkpoints, metrics; git-ignored); the rows and the plot go to bench/results")
+    parser.add_argument("--from-log", type=Path, metavar="LOG",
+                        help="no training: the rows and plot of a finished run cut off before it saved them, from "
+                             "its printed log (needs --log-sha)")
+    parser.add_argument("--log-sha", help="the commit the logged run measured (its other rows give the environment)")
     args = parser.parse_args()
+    if args.from_log:
+        if not args.log_sha:
+            parser.error("--from-log needs --log-sha")
+        return report_from_log(args.from_log, args.log_sha, args.runs_dir)
     if args.quick:
         args.steps, args.batch_size, args.hf_steps = 200, 32, 50
     if not torch.cuda.is_available():
@@ -179,11 +269,12 @@ def main() -> int:
             shutil.copy(profile, RESULTS_DIR / f"pretrain_profile_{name}.txt")
 
     fast_dir, ref_dir = runs["ours-bf16-triton"][0], runs["ours-fp32-reference"][0]
-    curves = compare_curves(fast_dir, ref_dir, args.steps)
+    curves = compare_curves(read_metrics(fast_dir), read_metrics(ref_dir), args.steps)
     rows = []
     for name, (run_dir, summary) in runs.items():
         rows.append({"provider": name, "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-                     "seq_len": 128, **throughput(run_dir), "final_eval_mlm_accuracy": summary["eval"]["mlm_accuracy"],
+                     "seq_len": 128, **throughput(read_metrics(run_dir)),
+                     "final_eval_mlm_accuracy": summary["eval"]["mlm_accuracy"],
                      "final_eval_perplexity": summary["eval"]["perplexity"], "run_dir": str(run_dir)})
     ours = rows[0]["tokens_per_s"]
     for row in rows:
@@ -205,11 +296,7 @@ def main() -> int:
     except (ImportError, RuntimeError, TypeError, ValueError, AttributeError, KeyError) as e:  # an optional peer
         print(f"transformers peer not measured: {e!r}", file=sys.stderr)
     print(f"curves: {png}")
-    print(f"convergence: max relative difference of smoothed train MLM loss {curves['max_rel_diff_train_mlm']:.3%}, "
-          f"held-out {curves['max_rel_diff_eval_mlm']:.3%} (tolerance {TOLERANCE:.0%}): "
-          f"{'PASS' if curves['passed'] else 'FAIL'}")
-    print(format_table(rows[:-1], ["provider", "model", "batch_size", "tokens_per_s", "mfu", "ours_bf16_speedup",
-                                   "final_eval_mlm_accuracy", "final_eval_perplexity"]))
+    _print_report(rows, curves)
     return 0 if curves["passed"] else 1
 
 

@@ -60,11 +60,23 @@ def environment() -> dict:
     }
 
 
-def save_rows(name: str, rows: list[dict], results_dir: Path = RESULTS_DIR) -> Path:
-    """Append rows (each merged with the environment) to results_dir/<name>.jsonl."""
+def environment_of(git_sha: str, results_dir: Path = RESULTS_DIR) -> dict:
+    """The environment recorded by the committed rows of a commit's run (device, versions, date): for rows
+    recovered later from that run's log, which must not carry the machine that parses it."""
+    for path in sorted(results_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("git_sha") == git_sha:
+                return {key: row.get(key) for key in environment()}
+    raise ValueError(f"no result rows of commit {git_sha} under {results_dir}")
+
+
+def save_rows(name: str, rows: list[dict], results_dir: Path = RESULTS_DIR, env: dict | None = None) -> Path:
+    """Append rows (each merged with the environment, this machine's unless `env` is given) to
+    results_dir/<name>.jsonl."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.jsonl"
-    env = environment()
+    env = environment() if env is None else env
     with path.open("a") as f:
         for row in rows:
             f.write(json.dumps({**env, **row}) + "\n")

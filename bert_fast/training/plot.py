@@ -20,8 +20,11 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
         train = [r for r in records if r["split"] == "train"]
         evals = [r for r in records if r["split"] == "eval"]
         steps = [r["step"] for r in train]
-        axes[0].plot(steps, [r["mlm_loss"] for r in train], label=f"{label} MLM")
-        axes[0].plot(steps, [r["nsp_loss"] for r in train], label=f"{label} NSP", linestyle="--")
+        if train and "mlm_loss" in train[0]:
+            axes[0].plot(steps, [r["mlm_loss"] for r in train], label=f"{label} MLM")
+            axes[0].plot(steps, [r["nsp_loss"] for r in train], label=f"{label} NSP", linestyle="--")
+        else:  # records recovered from a printed log hold only the total loss
+            axes[0].plot(steps, [r["loss"] for r in train], ".-", label=f"{label} MLM + NSP")
         if evals:
             es = [r["step"] for r in evals]
             axes[0].plot(es, [r["mlm_loss"] for r in evals], "o", label=f"{label} MLM (held-out)")
