@@ -114,3 +114,19 @@ def test_the_committed_pretrain_log_parses_to_both_runs_evaluations():
     curves = bench_pretrain.compare_curves(runs["ours-bf16-triton"]["records"],
                                            runs["ours-fp32-reference"]["records"], 2000)
     assert curves["max_rel_diff_eval_mlm"] == pytest.approx(0.00207, abs=1e-5) and curves["passed"]
+
+
+def test_finetune_row_separates_the_first_epochs_warm_up_from_the_steady_state():
+    from bench.bench_finetune import summary_row
+
+    epochs = [{"train_tokens": 1000, "train_seconds": 10.0, "eval_seconds": 1.0},  # compiles and autotunes
+              {"train_tokens": 1000, "train_seconds": 2.0, "eval_seconds": 1.0},
+              {"train_tokens": 1000, "train_seconds": 2.0, "eval_seconds": 1.0}]
+    summary = {"config": {"seed": 1, "lr": 1e-4, "batch_size": 16, "max_length": 128}, "impl": "triton",
+               "precision": "bf16", "epochs": epochs, "best_epoch": 3, "dev": {"f1": 0.5}, "test": {"f1": 0.55},
+               "train_seconds": 14.0, "test_seconds": 0.5}
+    row = summary_row("wnut", summary)
+    assert row["train_tokens_per_s"] == pytest.approx(3000 / 14) and row["steady_train_tokens_per_s"] == 500.0
+    assert (row["dev"], row["test"], row["eval_s"]) == (0.5, 0.55, 3.0)
+    one_epoch = summary_row("wnut", {**summary, "epochs": epochs[:1], "train_seconds": 10.0})
+    assert one_epoch["steady_train_tokens_per_s"] is None  # no epoch after the warm-up one
