@@ -11,6 +11,7 @@ Defaults are the paper's and live in bert_fast.finetune.runner.FinetuneConfig; f
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def add_arguments(parser) -> None:
     recipe = parser.add_argument_group("recipe (defaults: the paper's)")
     recipe.add_argument("--epochs", type=int, help=shown("epochs"))
     recipe.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
-    recipe.add_argument("--batch-size", type=int, help=shown("batch_size"))
+    recipe.add_argument("--batch-size", type=int, help=shown("batch_size", "examples per step, over all ranks"))
+    recipe.add_argument("--micro-batch-size", type=int,
+                        help="examples per rank per forward; accumulate the gradients of the rest "
+                             "(default: batch size / ranks)")
     recipe.add_argument("--eval-batch-size", type=int, help=shown("eval_batch_size"))
     recipe.add_argument("--warmup", type=float, help=shown("warmup", "fraction of the steps"))
     recipe.add_argument("--weight-decay", type=float, help=shown("weight_decay"))
@@ -74,8 +78,8 @@ def config_from_args(args):
     from ..finetune.runner import FinetuneConfig
     from .encode import default_model_dir
 
-    names = ["test", "epochs", "lr", "batch_size", "eval_batch_size", "warmup", "weight_decay", "max_grad_norm",
-             "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns", "label_column",
+    names = ["test", "epochs", "lr", "batch_size", "micro_batch_size", "eval_batch_size", "warmup", "weight_decay",
+             "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns", "label_column",
              "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
              "null_threshold", "squad_version"]
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -92,7 +96,10 @@ def run(args) -> int:
         summary = finetune(config_from_args(args))
     except (DataError, CheckpointError, ValueError) as e:
         raise SystemExit(f"bert-fast finetune: {e}") from e
-    shown = {k: summary[k] for k in ("task", "impl", "device", "best_epoch", "dev", "test") if k in summary}
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
+    shown = {k: summary[k] for k in ("task", "impl", "device", "world_size", "best_epoch", "dev", "test")
+             if k in summary}
     print(json.dumps(shown, indent=2, default=float))
     print(f"model, predictions and metrics.json in {args.out}", file=sys.stderr)
     return 0
