@@ -54,6 +54,12 @@ def add_arguments(parser) -> None:
     recipe.add_argument("--max-length", type=int, help="tokens per input (default 384 for qa, 128 otherwise)")
     recipe.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     recipe.add_argument("--seed", type=int, help=shown("seed"))
+    runs = parser.add_argument_group("checkpoints")
+    runs.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (default: none; the "
+                                                           "best epoch's model is kept in OUT/best regardless)")
+    runs.add_argument("--keep-checkpoints", type=int, help=shown("keep_checkpoints", "the newest N are kept"))
+    runs.add_argument("--stop-at", type=int, help="stop after N steps with a checkpoint (a time-limited job)")
+    runs.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     machine = parser.add_argument_group("machine")
     machine.add_argument("--impl", choices=["auto", "reference", "triton"])
     machine.add_argument("--device")
@@ -81,9 +87,9 @@ def config_from_args(args):
     names = ["test", "epochs", "lr", "batch_size", "micro_batch_size", "eval_batch_size", "warmup", "weight_decay",
              "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns", "label_column",
              "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
-             "null_threshold", "squad_version"]
+             "null_threshold", "squad_version", "checkpoint_every", "keep_checkpoints", "stop_at"]
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    overrides.update(no_header=args.no_header, regression=args.regression)
+    overrides.update(no_header=args.no_header, regression=args.regression, resume=args.resume)
     return FinetuneConfig(task=args.task, model=args.model or default_model_dir(), train=args.train, dev=args.dev,
                           out=args.out, **overrides)
 
@@ -94,9 +100,13 @@ def run(args) -> int:
 
     try:
         summary = finetune(config_from_args(args))
-    except (DataError, CheckpointError, ValueError) as e:
+    except (DataError, CheckpointError, ValueError, FileExistsError) as e:
         raise SystemExit(f"bert-fast finetune: {e}") from e
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
+    if "stopped_at" in summary:
+        print(f"stopped after step {summary['stopped_at']} of {summary['total_steps']}; continue with --resume "
+              f"(checkpoint {summary['checkpoint']})", file=sys.stderr)
         return 0
     shown = {k: summary[k] for k in ("task", "impl", "device", "world_size", "best_epoch", "dev", "test")
              if k in summary}

@@ -13,10 +13,15 @@ default batch_size / ranks), rank r taking micro-batches r, r + N, ... and accum
 so N ranks compute the same steps as one process with N times the accumulation. A step's loss is the mean of its
 micro-batches' losses. Evaluation splits the batches over the ranks and gathers the results; rank 0 writes
 the files.
+
+Checkpoints (checkpoint_every steps, and at stop_at): checkpoints/step-N/, written atomically, the newest
+keep_checkpoints kept. A run started again with resume=True (--resume) continues from the newest one to the
+numbers the uninterrupted run would have given (resume.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,6 +38,8 @@ from ..ops import resolve
 from ..tokenizer import BertTokenizer
 from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
+from ..training.checkpointing import CheckpointManager
+from . import resume
 from .issues import Issues
 from .tasks import TASKS, Split, Task, sequence_length
 
@@ -70,6 +77,11 @@ class FinetuneConfig:
     labels: list[str] | None = None
     regression: bool = False
     metric: str | None = None  # the dev metric that picks the best epoch; None: the task's
+    # checkpoints (exact resume)
+    checkpoint_every: int = 0  # steps; 0: none (the best epoch's model is kept in best/ regardless)
+    keep_checkpoints: int = 1
+    stop_at: int | None = None  # stop after this many steps, writing a checkpoint (a time-limited job)
+    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
     # qa
     doc_stride: int = 128
     max_query_length: int = 64
@@ -146,23 +158,22 @@ def steps_per_epoch(examples: int, batch_size: int, pieces: int) -> int:
 
 
 def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, precision: Precision,
-                cfg: FinetuneConfig, generator: torch.Generator, max_steps: int | None,
-                accumulation: int = 1, env: D.DistEnv = D.DistEnv()) -> dict:
-    """One pass over the shuffled training features (or max_steps of it), `model` possibly DDP-wrapped. Returns
-    the mean loss over all ranks, the steps, and the real tokens of all ranks."""
+                cfg: FinetuneConfig, order: list[int], accumulation: int = 1, env: D.DistEnv = D.DistEnv(),
+                skip: int = 0, max_steps: int | None = None, after_step=None) -> dict:
+    """Steps over the training features in `order` (the epoch's shuffle, the same on every rank), `model` possibly
+    DDP-wrapped: the epoch's steps after the first `skip` (done before a resume), at most max_steps of them.
+    `after_step(steps_in_epoch, loss_sum, tokens)` runs after each (this rank's sums so far) and returns True to
+    stop. Returns this rank's sums: the step losses, the real tokens, and the steps taken."""
     from tqdm.auto import tqdm
 
     model.train()
     device = next(model.parameters()).device
     pieces = accumulation * env.world_size
-    order = torch.randperm(len(features), generator=generator).tolist()  # the same on every rank: same seed
     starts = range(0, steps_per_epoch(len(features), cfg.batch_size, pieces) * cfg.batch_size, cfg.batch_size)
-    if max_steps is not None:
-        starts = starts[:max_steps]
-    losses, tokens = [], 0
+    starts = starts[skip:] if max_steps is None else starts[skip:skip + max_steps]
+    loss_sum, tokens, steps = torch.zeros((), dtype=torch.float64, device=device), 0, 0
     for start in tqdm(starts, desc="train", leave=False, disable=None if env.is_main else True):
         chunk = micro_batches([features[i] for i in order[start:start + cfg.batch_size]], pieces)
-        step_loss = 0.0
         for a in range(accumulation):
             batch = task.collate(chunk[a * env.world_size + env.rank], training=True)
             tokens += int(batch["attention_mask"].sum())  # counted on the host: no device sync per step
@@ -171,17 +182,23 @@ def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, pr
                 with precision.autocast():
                     loss = model(**batch).loss
                 precision.backward(loss / accumulation)
-            step_loss = step_loss + loss.detach() / accumulation
+            loss_sum += loss.detach().double() / accumulation
         _, stepped = precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
         optimizer.zero_grad(set_to_none=True)
         if stepped:
             schedule.step()
-        losses.append(step_loss)
-    totals = torch.stack([torch.stack(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64),
-                          torch.tensor(float(tokens), dtype=torch.float64)]).to(device)
-    loss_sum, tokens = D.all_reduce_sum(totals, env).tolist()
-    mean_loss = loss_sum / (len(losses) * env.world_size) if losses else float("nan")
-    return {"train_loss": mean_loss, "steps": len(losses), "train_tokens": int(tokens)}
+        steps += 1
+        if after_step is not None and after_step(skip + steps, loss_sum, tokens):
+            break
+    return {"loss_sum": loss_sum, "tokens": tokens, "steps": steps}
+
+
+def reduce_sums(loss_sum: torch.Tensor, tokens: int, env: D.DistEnv) -> tuple[float, int]:
+    """All ranks' step-loss and token sums (collective)."""
+    totals = torch.stack([loss_sum.double(), torch.tensor(float(tokens), dtype=torch.float64,
+                                                          device=loss_sum.device)])
+    total_loss, total_tokens = D.all_reduce_sum(totals, env).tolist()
+    return total_loss, int(total_tokens)
 
 
 def _score(metrics: dict, name: str) -> float:
@@ -191,10 +208,12 @@ def _score(metrics: dict, name: str) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def log_epoch(out: Path, record: dict) -> None:
-    """One line per epoch in metrics.jsonl and the log: the piece a shared trainer would replace."""
+def log_epoch(out: Path, record: dict, quiet: bool = False) -> None:
+    """One line per epoch in metrics.jsonl and (unless quiet) the log."""
     with (out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
+    if quiet:
+        return
     dev = record.get("dev") or {}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in dev.items() if isinstance(v, float))
     logger.warning("epoch %d: train loss %.4f, dev %s (%.1fs train, %.1fs eval)", record["epoch"],
@@ -241,6 +260,11 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
     precision = Precision(cfg.precision, device) if cfg.precision else Precision.default(device)
     accumulation = _accumulation(cfg, env)
     out = Path(cfg.out)
+    checkpoints = CheckpointManager(out / "checkpoints", cfg.keep_checkpoints)
+    latest = checkpoints.latest()
+    if latest and not cfg.resume:
+        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+                              "another --out")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -270,30 +294,71 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
     optimizer = build_optimizer(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = linear_schedule(optimizer, int(cfg.warmup * total_steps), total_steps)
 
-    history, best, steps_done = [], None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    run_config = {**_json_ready(asdict(cfg)), "world_size": env.world_size}
+    position = resume.Position()
+    if latest:
+        position = resume.restore(latest[1], model, optimizer, schedule, precision, run_config, env)
+        if env.is_main:
+            logger.warning("bert_fast: resumed from %s: epoch %d, step %d of the run", latest[1], position.epoch,
+                           position.steps_done)
+            for record in position.history:  # the log as the checkpoint knew it: nothing logged twice
+                log_epoch(out, record, quiet=True)
+    elif cfg.resume and env.is_main:
+        logger.warning("bert_fast: --resume: no checkpoint in %s, starting afresh", checkpoints.folder)
+
+    def after_step(steps_in_epoch: int, loss_sum: torch.Tensor, tokens: int) -> bool:
+        """Checkpoint when due; True to stop. `position` still stands where this epoch's train_epoch began."""
+        done = position.steps_done + steps_in_epoch - position.step_in_epoch
+        stop = cfg.stop_at is not None and done >= cfg.stop_at
+        if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps):
+            new_loss, new_tokens = reduce_sums(loss_sum, tokens, env)
+            at = dataclasses.replace(position, step_in_epoch=steps_in_epoch, steps_done=done,
+                                     loss_sum=position.loss_sum + new_loss, tokens=position.tokens + new_tokens)
+            resume.save(checkpoints, at, model, tokenizer, optimizer, schedule, precision, run_config, env)
+        return stop
+
+    for epoch in range(position.epoch, cfg.epochs + 1):
+        if position.steps_done >= total_steps and position.step_in_epoch == 0:  # no epoch left to evaluate
+            break
+        if position.epoch_shuffle_state is not None:  # resuming inside this epoch: draw its order again
+            generator.set_state(position.epoch_shuffle_state)
+        position.epoch, position.epoch_shuffle_state = epoch, generator.get_state()
+        order = torch.randperm(len(train.features), generator=generator).tolist()
         t0 = time.perf_counter()
-        stats = train_epoch(wrapped, task, train.features, optimizer, schedule, precision, cfg, generator,
-                            max_steps=total_steps - steps_done, accumulation=accumulation, env=env)
+        stats = train_epoch(wrapped, task, train.features, optimizer, schedule, precision, cfg, order,
+                            accumulation=accumulation, env=env, skip=position.step_in_epoch,
+                            max_steps=total_steps - position.steps_done, after_step=after_step)
         _sync(device)
+        position.steps_done += stats["steps"]
+        position.step_in_epoch += stats["steps"]
+        if cfg.stop_at is not None and position.steps_done >= cfg.stop_at and position.steps_done < total_steps:
+            if env.is_main:
+                logger.warning("bert_fast: stopped after step %d of %d; --resume continues from %s",
+                               position.steps_done, total_steps, checkpoints.path(position.steps_done))
+            return {"task": cfg.task, "stopped_at": position.steps_done, "total_steps": total_steps,
+                    "checkpoint": str(checkpoints.path(position.steps_done))}
         t1 = time.perf_counter()
         dev_metrics, _ = evaluate(model, task, dev, cfg, precision, env)
         _sync(device)
         t2 = time.perf_counter()
-        steps_done += stats["steps"]
-        record = {"epoch": epoch, **stats, "train_seconds": t1 - t0, "eval_seconds": t2 - t1, "dev": dev_metrics}
-        history.append(record)
+        loss_sum, tokens = reduce_sums(stats["loss_sum"], stats["tokens"], env)
+        loss_sum, tokens = loss_sum + position.loss_sum, tokens + position.tokens
+        record = {"epoch": epoch, "train_loss": loss_sum / (position.step_in_epoch * env.world_size),
+                  "steps": position.step_in_epoch, "train_tokens": tokens, "train_seconds": t1 - t0,
+                  "eval_seconds": t2 - t1, "dev": dev_metrics}
+        position.history.append(record)
         if env.is_main:
             log_epoch(out, record)
         # every rank scores the same gathered results, so every rank takes the same decision
+        best = position.best
         if best is None or _score(dev_metrics, task.primary_metric) > _score(best["dev"], task.primary_metric):
-            best = record
+            position.best = record
             if env.is_main:
                 model.save_pretrained(out / "best")
                 tokenizer.save_pretrained(out / "best")
-        if steps_done >= total_steps:
-            break
+        position.step_in_epoch, position.epoch_shuffle_state, position.loss_sum, position.tokens = 0, None, 0.0, 0
     D.barrier(env)  # the best checkpoint is on disk before any rank reads it
+    history, best = position.history, position.best
 
     # The best epoch's checkpoint, read back: its dev metrics must be the ones recorded (and SQuAD v2 tunes its
     # threshold on them for the test set).

@@ -42,7 +42,7 @@ def test_two_ranks_match_one_rank_accumulating_two_micro_batches(tmp_path):
     dev = fx.write_conll(tmp_path / "dev.conll", 11, seed=2)
     args = ["tag", "--model", str(model), "--train", str(train), "--dev", str(dev), "--test", str(dev),
             "--epochs", "2", "--batch-size", "8", "--eval-batch-size", "4", "--lr", "1e-3", "--warmup", "0",
-            "--max-length", "32", "--impl", "reference", "--device", "cpu"]
+            "--max-length", "32", "--impl", "reference", "--device", "cpu", "--checkpoint-every", "4"]
     single = finetune(FinetuneConfig("tag", model, train, dev, dev, out=tmp_path / "one", epochs=2, batch_size=8,
                                      micro_batch_size=4, eval_batch_size=4, lr=1e-3, warmup=0.0, max_length=32,
                                      impl="reference", device="cpu"))
@@ -53,6 +53,8 @@ def test_two_ranks_match_one_rank_accumulating_two_micro_batches(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fine-tuning on 2 process(es): 1 micro-batch(es) of 4 examples" in result.stderr
     assert result.stdout.count('"world_size": 2') == 1  # rank 0 alone reports
+    state = torch.load(tmp_path / "two" / "checkpoints" / "step-00000004" / "state.pt", weights_only=False)
+    assert len(state["rng"]) == 2 and state["position"]["epoch"] == 2  # both ranks' generators, mid-epoch 2
 
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert (single["world_size"], two["world_size"]) == (1, 2)

@@ -1,0 +1,83 @@
+"""Fine-tuning checkpoints: a run stopped mid-epoch or at an epoch's end and resumed gives the uninterrupted run's
+numbers exactly (dropout on: the random generators come back too); bad resumes are clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tests.finetune.finetune_fixtures as fx
+from bert_fast import cli
+from bert_fast.finetune import FinetuneConfig, finetune
+from bert_fast.finetune.resume import ResumeError
+
+# 21 sentences in steps of 8: 3 steps an epoch, the last of 5; two epochs
+RECIPE = {"epochs": 2, "batch_size": 8, "eval_batch_size": 4, "lr": 1e-3, "warmup": 0.25, "max_length": 32,
+          "impl": "reference", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume_data")
+    return fx.write_conll(folder / "train.conll", 21, seed=1), fx.write_conll(folder / "dev.conll", 9, seed=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the tests (conftest's _one_thread): sums split over threads round otherwise
+    try:
+        return out, finetune(FinetuneConfig("tag", tiny_model, *data, out=out, **RECIPE))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _same_run(a_dir, a, b_dir, b):
+    assert [e["train_loss"] for e in b["epochs"]] == [e["train_loss"] for e in a["epochs"]]  # bitwise
+    assert [e["train_tokens"] for e in b["epochs"]] == [e["train_tokens"] for e in a["epochs"]]
+    assert [e["dev"]["f1"] for e in b["epochs"]] == [e["dev"]["f1"] for e in a["epochs"]]
+    assert b["best_epoch"] == a["best_epoch"]
+    ours, theirs = load_file(a_dir / "best" / "model.safetensors"), load_file(b_dir / "best" / "model.safetensors")
+    assert all(theirs[k].equal(ours[k]) for k in ours)
+    assert (b_dir / "predictions_dev.conll").read_text() == (a_dir / "predictions_dev.conll").read_text()
+    logged = [json.loads(line)["epoch"] for line in (b_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]  # each epoch once, though the stopped run may have logged one already
+
+
+@pytest.mark.parametrize("stop_at", [4, 3, 6], ids=["mid-epoch", "epoch-end", "last-step"])
+def test_stopped_and_resumed_run_matches_the_uninterrupted_one(tiny_model, data, uninterrupted, tmp_path, stop_at):
+    out = tmp_path / "run"
+    stopped = finetune(FinetuneConfig("tag", tiny_model, *data, out=out, checkpoint_every=2, stop_at=stop_at,
+                                      **RECIPE))
+    if stop_at < 6:
+        assert stopped["stopped_at"] == stop_at and stopped["total_steps"] == 6
+    else:  # stopping at the last step ends the run as usual; resuming it evaluates the last epoch again
+        _same_run(*uninterrupted, out, stopped)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{stop_at:08d}"]  # keep 1
+    assert (out / "checkpoints" / f"step-{stop_at:08d}" / "model" / "config.json").is_file()  # an HF folder
+    resumed = finetune(FinetuneConfig("tag", tiny_model, *data, out=out, checkpoint_every=2, resume=True, **RECIPE))
+    _same_run(*uninterrupted, out, resumed)
+
+
+def test_bad_resumes_are_clear_errors(tiny_model, data, tmp_path):
+    out = tmp_path / "run"
+    finetune(FinetuneConfig("tag", tiny_model, *data, out=out, stop_at=2, **RECIPE))
+    with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run: pass --resume"):
+        finetune(FinetuneConfig("tag", tiny_model, *data, out=out, **RECIPE))
+    with pytest.raises(ResumeError, match=r"settings that decide each step changed \(lr: 0.001 -> 0.002\)"):
+        finetune(FinetuneConfig("tag", tiny_model, *data, out=out, resume=True, **{**RECIPE, "lr": 2e-3}))
+
+
+def test_cli_stop_and_resume(tiny_model, data, tmp_path, capsys):
+    train, dev = data
+    args = ["finetune", "tag", "--model", str(tiny_model), "--train", str(train), "--dev", str(dev), "--out",
+            str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--impl", "reference"]
+    assert cli.main([*args, "--stop-at", "2"]) == 0
+    assert "stopped after step 2 of 3; continue with --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="bert-fast finetune: .* pass --resume"):
+        cli.main(args)
+    assert cli.main([*args, "--resume"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["task"] == "tag" and printed["best_epoch"] == 1
