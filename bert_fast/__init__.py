@@ -6,6 +6,7 @@ Hugging Face BERT checkpoints unchanged.
 
 from .checkpoint import CheckpointError
 from .config import BertConfig, ConfigError
+from .embeddings import embed
 from .heads import (
     BertForMultipleChoice,
     BertForQuestionAnswering,
@@ -39,6 +40,7 @@ __all__ = [
     "MaskedLMOutput",
     "PreTrainingOutput",
     "TokenizerError",
+    "embed",
     "is_patched",
     "patch",
     "set_fused_linear_gelu",

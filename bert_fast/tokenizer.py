@@ -199,6 +199,11 @@ class BertTokenizer:
             texts = [texts]
             pairs = [pairs] if isinstance(pairs, str) else pairs
         encodings = self.encode_batch(texts, pairs, max_length, truncation)
+        return self.pad(encodings, max_length, padding, pad_to_multiple_of, return_tensors)
+
+    def pad(self, encodings, max_length: int | None = None, padding: bool | str = "longest",
+            pad_to_multiple_of: int | None = None, return_tensors: str | None = "pt"):
+        """A batch of encode_batch's encodings (sorted or bucketed by length, say), padded as __call__ pads."""
         rows = {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
                 "attention_mask": [e.attention_mask for e in encodings]}
         if padding:

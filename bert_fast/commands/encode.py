@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..embeddings import POOLINGS, embed
 from ..modeling import BertModel
 from ..tokenizer import BertTokenizer
 
@@ -28,7 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to embed")
     parser.add_argument("--model", type=Path, help="checkpoint folder (config.json, weights, tokenizer)")
     parser.add_argument("--input", type=Path, help="a UTF-8 file with one text per line")
-    parser.add_argument("--pooling", choices=["cls", "mean"], default="mean",
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
                         help="[CLS] hidden state, or mean over real tokens (sentence-transformers' default)")
     parser.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     parser.add_argument("--output", type=Path, help="save the (n, hidden) float32 array as .npy instead of printing")
@@ -38,31 +39,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="weights and activations dtype (default: bfloat16 on CUDA, float32 on the CPU)")
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """(batch, seq, hidden) -> (batch, hidden), in float32."""
-    hidden = hidden.float()
-    if how == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-@torch.inference_mode()
-def embed(model: BertModel, tokenizer: BertTokenizer, texts: list[str], pooling: str = "mean",
-          batch_size: int = 64, max_length: int | None = None, normalize: bool = False) -> np.ndarray:
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], max_length=max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling)
-        if normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        chunks.append(vectors.cpu())
-    hidden = model.config.hidden_size
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, hidden), dtype=np.float32)
 
 
 def run(args) -> int:
