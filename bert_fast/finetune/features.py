@@ -71,20 +71,21 @@ def extract_features(model, tokenizer, texts: Sequence[str], layers: str | Seque
         raise ValueError(f"pooling={pooling!r} is not one of none, cls, mean")
     model.eval()
     device = next(model.parameters()).device
-    features, ids = [], []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start:start + batch_size]), max_length=max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
+    features, ids = [None] * len(texts), [None] * len(texts)
+    encodings = tokenizer.encode_batch(list(texts), max_length=max_length) if len(texts) else []
+    order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))  # batches of similar lengths
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in chosen]).items()}
         states = model(**batch, output_hidden_states=True).hidden_states
         combined = combine_layers(states, layers, combine, weights)  # (batch, seq, dim)
-        mask = batch["attention_mask"]
-        for b in range(combined.shape[0]):
-            length = int(mask[b].sum())
+        for b, i in enumerate(chosen):
+            length = len(encodings[i].ids)
             tokens = combined[b, :length]
             if pooling == "cls":
                 tokens = tokens[0]
             elif pooling == "mean":
                 tokens = tokens.mean(0)
-            features.append(tokens.cpu().numpy())
-            ids.append(batch["input_ids"][b, :length].tolist())
+            features[i] = tokens.cpu().numpy()
+            ids[i] = encodings[i].ids
     return features, ids

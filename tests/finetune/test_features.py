@@ -67,15 +67,15 @@ def test_scalar_mix_is_trainable():
 def test_extract_features_pools_and_keeps_real_tokens(tiny_model):
     model = bert_fast.BertModel.from_pretrained(tiny_model, impl="reference")
     tokenizer = bert_fast.BertTokenizer.from_pretrained(tiny_model)
-    texts = ["the movie was good", "bad"]
-    tokens, ids = extract_features(model, tokenizer, texts, "last")
+    texts = ["bad", "the movie was good", "fine"]  # batched longest first, returned in this order
+    tokens, ids = extract_features(model, tokenizer, texts, "last", batch_size=2)
     assert [t.shape for t in tokens] == [(len(i), 128) for i in ids]
-    assert ids[1] == tokenizer.encode("bad")["input_ids"]
+    assert ids == [tokenizer.encode(t)["input_ids"] for t in texts]
     with torch.no_grad():
-        alone = model(torch.tensor([ids[1]])).last_hidden_state[0].numpy()
-    np.testing.assert_allclose(tokens[1], alone, atol=1e-5)  # padding in the batch changes nothing
+        alone = model(torch.tensor([ids[0]])).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(tokens[0], alone, atol=1e-5)  # padding in the batch changes nothing
     pooled, _ = extract_features(model, tokenizer, texts, "last", pooling="mean")
-    np.testing.assert_allclose(pooled[0], tokens[0].mean(0), atol=1e-6)
+    np.testing.assert_allclose(pooled[1], tokens[1].mean(0), atol=1e-6)
 
 
 def test_features_command(tiny_model, tmp_path):
