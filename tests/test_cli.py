@@ -63,3 +63,16 @@ def test_embed_batches_by_length_and_keeps_the_input_order():
     assert bert_fast.embed(model, tokenizer, []).shape == (0, 384)
     with pytest.raises(ValueError, match="pooling 'max'"):
         bert_fast.embed(model, tokenizer, texts, pooling="max")
+
+
+def test_bench_needs_cuda_and_known_names(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(["bench"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the names are checked before any GPU work
+    with pytest.raises(SystemExit, match="no workload infer-B9; choose from infer-B256-S128"):
+        main(["bench", "--workloads", "infer-B9"])
+    with pytest.raises(SystemExit, match="no provider hf-flax; choose from bert_fast"):
+        main(["bench", "--providers", "hf-flax"])

@@ -17,8 +17,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import torch
+
     from .. import benchmark
 
+    if not torch.cuda.is_available():
+        raise SystemExit("bert-fast bench: the end-to-end benchmark needs a CUDA device (none is visible)")
+    for kind, asked, known in (("workload", args.workloads, [w.name for w in benchmark.WORKLOADS]),
+                               ("provider", args.providers, benchmark.PROVIDERS)):
+        unknown = sorted(set(asked or []) - set(known))
+        if unknown:
+            raise SystemExit(f"bert-fast bench: no {kind} {', '.join(unknown)}; choose from {', '.join(known)}")
     workloads = [w for w in benchmark.WORKLOADS if not args.workloads or w.name in args.workloads]
     rows = benchmark.run(args.sizes, workloads, args.providers, warmup=args.warmup, iters=args.iters)
     if args.output:
