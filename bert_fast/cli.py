@@ -41,7 +41,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except _input_errors() as e:
+        if args.verbose:
+            raise
+        raise SystemExit(f"bert-fast {args.command}: {e}") from e
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The library's errors that name a problem with what it was given (a missing folder, a malformed file, a
+    changed setting on resume): one line for the user, not a traceback (--verbose shows the traceback)."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.corpus import CorpusError
+    from .data.store import DataError as StoreError
+    from .finetune.issues import DataError as FinetuneDataError
+    from .finetune.resume import ResumeError as FinetuneResumeError
+    from .inputs import InputError
+    from .tokenizer import TokenizerError
+    from .training.checkpointing import CheckpointWriteError
+    from .training.config import ConfigFileError
+    from .training.trainer import ResumeError
+
+    return (CheckpointError, ConfigError, CorpusError, StoreError, FinetuneDataError, FinetuneResumeError,
+            InputError, TokenizerError, CheckpointWriteError, ConfigFileError, ResumeError)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,14 @@ def test_bench_needs_cuda_and_known_names(monkeypatch):
         main(["bench", "--workloads", "infer-B9"])
     with pytest.raises(SystemExit, match="no provider hf-flax; choose from bert_fast"):
         main(["bench", "--providers", "hf-flax"])
+
+
+def test_input_errors_are_one_line_not_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match=f"bert-fast encode: checkpoint folder {tmp_path / 'none'} does not exist"):
+        main(["encode", "--model", str(tmp_path / "none"), "hello"])
+    with pytest.raises(SystemExit, match="bert-fast features: checkpoint folder"):
+        main(["features", "--model", str(tmp_path / "none"), "--output", str(tmp_path / "f.npz"), "x"])
+    from bert_fast.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError):  # --verbose keeps the traceback
+        main(["-v", "encode", "--model", str(tmp_path / "none"), "hello"])
