@@ -17,6 +17,7 @@ COMMANDS = [
     ("tokenizer", "tokenizer", "train a WordPiece vocabulary on a corpus"),
     ("plot", "plot", "plot the loss and accuracy curves of pretraining runs to a PNG"),
     ("finetune", "finetune", "fine-tune on classify / tag / qa / choice files; best checkpoint, predictions, metrics"),
+    ("predict", "predict", "apply a fine-tuned checkpoint to a classify / tag / qa / choice file"),
     ("features", "features", "hidden states of chosen layers (the paper's feature-based use), saved as .npz"),
     ("bench", "bench", "end-to-end speed against Hugging Face transformers (CUDA)"),
 ]

@@ -60,6 +60,11 @@ def add_arguments(parser) -> None:
     runs.add_argument("--keep-checkpoints", type=int, help=shown("keep_checkpoints", "the newest N are kept"))
     runs.add_argument("--stop-at", type=int, help="stop after N steps with a checkpoint (a time-limited job)")
     runs.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    add_data_arguments(parser, shown, training=True)
+
+
+def add_data_arguments(parser, shown, training: bool) -> None:
+    """The machine, and how each task reads its files: shared by finetune and predict."""
     machine = parser.add_argument_group("machine")
     machine.add_argument("--impl", choices=["auto", "reference", "triton"])
     machine.add_argument("--device")
@@ -68,15 +73,18 @@ def add_arguments(parser) -> None:
     classify.add_argument("--text-columns", type=_columns, help="names or 0-based indices, comma separated")
     classify.add_argument("--label-column")
     classify.add_argument("--no-header", action="store_true", help="the table has no header row (CoLA)")
-    classify.add_argument("--labels", type=_columns, help="the label set in id order (default: from train)")
-    classify.add_argument("--regression", action="store_true", help="one score per input, MSE loss (STS-B)")
-    classify.add_argument("--metric", help="dev metric that picks the best epoch (e.g. mcc for CoLA)")
+    if training:
+        classify.add_argument("--labels", type=_columns, help="the label set in id order (default: from train)")
+        classify.add_argument("--regression", action="store_true", help="one score per input, MSE loss (STS-B)")
+        classify.add_argument("--metric", help="dev metric that picks the best epoch (e.g. mcc for CoLA)")
     qa = parser.add_argument_group("qa")
     qa.add_argument("--doc-stride", type=int, help=shown("doc_stride"))
     qa.add_argument("--max-query-length", type=int, help=shown("max_query_length"))
     qa.add_argument("--max-answer-length", type=int, help=shown("max_answer_length"))
     qa.add_argument("--n-best", type=int, help=shown("n_best"))
-    qa.add_argument("--null-threshold", type=float, help="SQuAD v2: fixed threshold (default: tuned on dev)")
+    qa.add_argument("--null-threshold", type=float,
+                    help="SQuAD v2: fixed threshold (default: tuned on dev)" if training else
+                    "SQuAD v2: threshold (default: the one tuned when the model was fine-tuned, else 0)")
     qa.add_argument("--squad-version", type=int, choices=[1, 2])
 
 
@@ -85,8 +93,8 @@ def config_from_args(args):
     from .encode import default_model_dir
 
     names = ["test", "epochs", "lr", "batch_size", "micro_batch_size", "eval_batch_size", "warmup", "weight_decay",
-             "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns", "label_column",
-             "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
+             "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns",
+             "label_column", "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
              "null_threshold", "squad_version", "checkpoint_every", "keep_checkpoints", "stop_at"]
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     overrides.update(no_header=args.no_header, regression=args.regression, resume=args.resume)

@@ -6,8 +6,8 @@ Importing this package needs scikit-learn, scipy and seqeval only where their me
 
 from .features import ScalarMix, combine_layers, extract_features
 from .issues import DataError, Issues
-from .runner import FinetuneConfig, finetune
+from .runner import FinetuneConfig, finetune, predict_file
 from .tasks import TASKS
 
 __all__ = ["TASKS", "DataError", "FinetuneConfig", "Issues", "ScalarMix", "combine_layers", "extract_features",
-           "finetune"]
+           "finetune", "predict_file"]

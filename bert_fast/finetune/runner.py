@@ -40,7 +40,7 @@ from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
 from . import resume
-from .issues import Issues
+from .issues import DataError, Issues
 from .tasks import TASKS, Split, Task, sequence_length
 
 logger = logging.getLogger("bert_fast")
@@ -353,6 +353,7 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
         best = position.best
         if best is None or _score(dev_metrics, task.primary_metric) > _score(best["dev"], task.primary_metric):
             position.best = record
+            model.config.extra.update(task.checkpoint_settings())  # what predicting with it needs (a tuned value)
             if env.is_main:
                 model.save_pretrained(out / "best")
                 tokenizer.save_pretrained(out / "best")
@@ -379,4 +380,39 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
     summary["warnings"] = issues.summary()
     if env.is_main:
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
+    """A fine-tuned checkpoint (cfg.model) applied to one file of cfg.task's format, read with cfg's settings
+    (cfg.train and cfg.dev are not read). Writes predictions_<file name>.* (and metrics.json when the file is
+    labelled) to cfg.out; returns the metrics (None when unlabelled) and the files written."""
+    device = _device(cfg, D.DistEnv())
+    precision = Precision(cfg.precision, device) if cfg.precision else Precision.default(device)
+    model_config = read_config(cfg.model)
+    if cfg.task == "classify":
+        cfg = dataclasses.replace(cfg, regression=model_config.problem_type == "regression")
+    issues = Issues()
+    tokenizer = BertTokenizer.from_pretrained(cfg.model)
+    task = TASKS[cfg.task](cfg, tokenizer, issues, model_config=model_config)
+    task.use_checkpoint_labels()
+    split = dataclasses.replace(task.load(path, "test"), name=Path(path).stem)  # labels optional, as for a test file
+    split.features = task.encode(split, training=False)
+    issues.log()
+    model = task.model_class.from_pretrained(cfg.model, impl=cfg.impl).to(device)
+    if model.fresh_keys:
+        raise DataError(f"{cfg.model} has no trained {cfg.task} head ({', '.join(model.fresh_keys)} would start "
+                        "random): fine-tune it first (bert-fast finetune)")
+    t0 = time.perf_counter()
+    metrics, predictions = evaluate(model, task, split, cfg, precision)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = task.write_predictions(split, predictions, out)
+    summary = {"task": cfg.task, "model": str(cfg.model), "input": str(path), "examples": len(split.examples),
+               "impl": resolve(cfg.impl, device).name, "device": str(device), "seconds": seconds,
+               "metrics": metrics, "files": [str(f) for f in files], "warnings": issues.summary()}
+    if metrics is not None:
+        (out / f"metrics_{split.name}.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary

@@ -73,6 +73,15 @@ def _label_order(train_labels: list[str], given: list[str] | None, model_labels:
     return labels
 
 
+def _checkpoint_labels(model_config, kind: str) -> list[str]:
+    """A fine-tuned checkpoint's labels in id order, from its config.json's id2label."""
+    names = model_config.id2label if model_config is not None else None
+    if not names or all(v == f"LABEL_{k}" for k, v in names.items()):
+        raise DataError(f"the checkpoint's config.json names no labels (id2label): predicting needs a model "
+                        f"fine-tuned as {kind}")
+    return [names[i] for i in sorted(names)]
+
+
 class Task:
     name: str
     model_class: type
@@ -87,6 +96,14 @@ class Task:
         self.max_length = cfg.max_length or self.default_max_length
 
     def model_overrides(self) -> dict:
+        return {}
+
+    def use_checkpoint_labels(self) -> None:
+        """Take the label set (and settings tuned in fine-tuning) from the checkpoint's config: predicting with a
+        fine-tuned model, no training file to read them from."""
+
+    def checkpoint_settings(self) -> dict:
+        """Settings tuned while fine-tuning that predicting needs, saved in the best checkpoint's config.json."""
         return {}
 
     def load(self, path: Path, name: str) -> Split:
@@ -131,6 +148,10 @@ class ClassifyTask(Task):
             return {"num_labels": 1, "id2label": {0: "score"}, "problem_type": "regression"}
         return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
                 "problem_type": "single_label_classification"}
+
+    def use_checkpoint_labels(self):
+        if not self.regression:  # (a regression checkpoint sets cfg.regression: predict_file)
+            self.labels = _checkpoint_labels(self.model_config, "a classifier")
 
     def load(self, path, name):
         examples = read_table(path, self.cfg.text_columns, self.cfg.label_column, header=not self.cfg.no_header,
@@ -225,6 +246,9 @@ class TagTask(Task):
 
     def model_overrides(self):
         return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels))}
+
+    def use_checkpoint_labels(self):
+        self.labels = _checkpoint_labels(self.model_config, "a tagger")
 
     def load(self, path, name):
         sentences = read_conll(path)
@@ -327,6 +351,9 @@ class TagTask(Task):
 # --- SQuAD question answering ------------------------------------------------------------------------------
 
 
+NULL_THRESHOLD_KEY = "squad_v2_null_threshold"  # in a fine-tuned QA model's config.json
+
+
 class QATask(Task):
     name = "qa"
     model_class = BertForQuestionAnswering
@@ -339,6 +366,15 @@ class QATask(Task):
         # A fixed threshold if given; else tuned on the dev set (v2) and then used for the test set.
         self.null_threshold = cfg.null_threshold if cfg.null_threshold is not None else 0.0
         self.tune_threshold = cfg.null_threshold is None
+
+    def use_checkpoint_labels(self):
+        tuned = (self.model_config.extra if self.model_config is not None else {}).get(NULL_THRESHOLD_KEY)
+        if self.tune_threshold and tuned is not None:
+            self.null_threshold = float(tuned)
+        self.tune_threshold = False  # no dev set to tune it on
+
+    def checkpoint_settings(self):
+        return {NULL_THRESHOLD_KEY: self.null_threshold} if self.version == 2 else {}
 
     def load(self, path, name):
         examples, version = read_squad(path)
