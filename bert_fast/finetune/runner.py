@@ -385,8 +385,8 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
 
 def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
     """A fine-tuned checkpoint (cfg.model) applied to one file of cfg.task's format, read with cfg's settings
-    (cfg.train and cfg.dev are not read). Writes predictions_<file name>.* (and metrics.json when the file is
-    labelled) to cfg.out; returns the metrics (None when unlabelled) and the files written."""
+    (cfg.train and cfg.dev are not read). Writes predictions_<file stem>.* to cfg.out, and metrics_<file stem>.json
+    when the file is labelled; returns the metrics (None when unlabelled) and the files written."""
     device = _device(cfg, D.DistEnv())
     precision = Precision(cfg.precision, device) if cfg.precision else Precision.default(device)
     model_config = read_config(cfg.model)
