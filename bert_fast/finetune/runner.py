@@ -45,6 +45,8 @@ from .tasks import TASKS, Split, Task, sequence_length
 
 logger = logging.getLogger("bert_fast")
 
+SINGLE_PROCESS = D.DistEnv()  # no process group: the plain `python` run
+
 
 @dataclass
 class FinetuneConfig:
@@ -118,7 +120,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def predict(model, task: Task, split: Split, batch_size: int, precision: Precision,
-            env: D.DistEnv = D.DistEnv()) -> list:
+            env: D.DistEnv = SINGLE_PROCESS) -> list:
     """Every feature's result, in order, on every rank. Batches are formed by length so padding stays small on any
     path; with several ranks each runs every N-th batch and the results are gathered."""
     model.eval()
@@ -140,7 +142,7 @@ def predict(model, task: Task, split: Split, batch_size: int, precision: Precisi
 
 
 def evaluate(model, task: Task, split: Split, cfg: FinetuneConfig, precision: Precision,
-             env: D.DistEnv = D.DistEnv()):
+             env: D.DistEnv = SINGLE_PROCESS):
     results = predict(model, task, split, cfg.eval_batch_size, precision, env)
     return task.score(split, results)
 
@@ -158,7 +160,7 @@ def steps_per_epoch(examples: int, batch_size: int, pieces: int) -> int:
 
 
 def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, precision: Precision,
-                cfg: FinetuneConfig, order: list[int], accumulation: int = 1, env: D.DistEnv = D.DistEnv(),
+                cfg: FinetuneConfig, order: list[int], accumulation: int = 1, env: D.DistEnv = SINGLE_PROCESS,
                 skip: int = 0, max_steps: int | None = None, after_step=None) -> dict:
     """Steps over the training features in `order` (the epoch's shuffle, the same on every rank), `model` possibly
     DDP-wrapped: the epoch's steps after the first `skip` (done before a resume), at most max_steps of them.
@@ -247,7 +249,7 @@ def _accumulation(cfg: FinetuneConfig, env: D.DistEnv) -> int:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Run one fine-tuning job (one process, or each rank of a torchrun job); returns what metrics.json holds."""
-    env = D.init_distributed(_device(cfg, D.DistEnv()).type)
+    env = D.init_distributed(_device(cfg, SINGLE_PROCESS).type)
     try:
         return _finetune(cfg, env)
     finally:
@@ -387,7 +389,7 @@ def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
     """A fine-tuned checkpoint (cfg.model) applied to one file of cfg.task's format, read with cfg's settings
     (cfg.train and cfg.dev are not read). Writes predictions_<file stem>.* to cfg.out, and metrics_<file stem>.json
     when the file is labelled; returns the metrics (None when unlabelled) and the files written."""
-    device = _device(cfg, D.DistEnv())
+    device = _device(cfg, SINGLE_PROCESS)
     precision = Precision(cfg.precision, device) if cfg.precision else Precision.default(device)
     model_config = read_config(cfg.model)
     if cfg.task == "classify":
