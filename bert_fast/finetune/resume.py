@@ -25,9 +25,9 @@ logger = logging.getLogger("bert_fast")
 
 STATE_FILE = "state.pt"
 # Settings that decide what each step computes: a checkpoint continues only a run that shares them.
-RUN_KEYS = ("task", "train", "epochs", "lr", "batch_size", "micro_batch_size", "warmup", "weight_decay",
-            "max_grad_norm", "max_length", "max_steps", "seed", "doc_stride", "max_query_length", "text_columns",
-            "label_column", "labels", "regression")
+RUN_KEYS = ("task", "train", "epochs", "lr", "batch_size", "warmup", "weight_decay", "max_grad_norm", "max_length",
+            "max_steps", "seed", "doc_stride", "max_query_length", "text_columns", "label_column", "labels",
+            "regression")
 
 
 class ResumeError(ValueError):
@@ -74,10 +74,11 @@ def restore(path: Path, model, optimizer, schedule, precision, config: dict, env
     if changed:
         raise ResumeError(f"cannot resume from {path}: settings that decide each step changed ({'; '.join(changed)})"
                           "; use the original settings, or start a new run with another --out")
-    if state["config"].get("world_size") != config.get("world_size") and config.get("micro_batch_size") is None:
-        raise ResumeError(f"cannot resume from {path}: it ran on {state['config'].get('world_size')} process(es), "
-                          f"this run has {config.get('world_size')}, which changes the micro-batches; set "
-                          "--micro-batch-size to continue on another number of processes")
+    saved_micro, micro = state["config"]["micro_batch"], config["micro_batch"]
+    if saved_micro != micro:  # the steps' micro-batches would hold other examples (another number of processes)
+        raise ResumeError(f"cannot resume from {path}: its micro-batches held {saved_micro} examples, this run's "
+                          f"hold {micro}; pass --micro-batch-size {saved_micro} to continue on this number of "
+                          "processes")
     load_state_into(model, read_state_dict(path / "model"))
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])

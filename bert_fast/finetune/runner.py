@@ -296,7 +296,8 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
     optimizer = build_optimizer(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = linear_schedule(optimizer, int(cfg.warmup * total_steps), total_steps)
 
-    run_config = {**_json_ready(asdict(cfg)), "world_size": env.world_size}
+    run_config = {**_json_ready(asdict(cfg)), "world_size": env.world_size,
+                  "micro_batch": cfg.batch_size // (accumulation * env.world_size)}
     position = resume.Position()
     if latest:
         position = resume.restore(latest[1], model, optimizer, schedule, precision, run_config, env)

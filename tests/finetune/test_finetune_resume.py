@@ -68,6 +68,10 @@ def test_bad_resumes_are_clear_errors(tiny_model, data, tmp_path):
         finetune(FinetuneConfig("tag", tiny_model, *data, out=out, **RECIPE))
     with pytest.raises(ResumeError, match=r"settings that decide each step changed \(lr: 0.001 -> 0.002\)"):
         finetune(FinetuneConfig("tag", tiny_model, *data, out=out, resume=True, **{**RECIPE, "lr": 2e-3}))
+    with pytest.raises(ResumeError, match="micro-batches held 8 examples, this run's hold 4; pass --micro-batch-size 8"):
+        finetune(FinetuneConfig("tag", tiny_model, *data, out=out, resume=True, micro_batch_size=4, **RECIPE))
+    # the same micro-batches, named explicitly: it continues
+    finetune(FinetuneConfig("tag", tiny_model, *data, out=out, resume=True, micro_batch_size=8, **RECIPE))
 
 
 def test_cli_stop_and_resume(tiny_model, data, tmp_path, capsys):
