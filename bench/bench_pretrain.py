@@ -18,6 +18,8 @@ length; MFU = tokens/s * FLOPs per token / peak FLOP/s (H100 SXM bf16 dense: 989
 
     python bench/bench_pretrain.py                # BERT-mini, 3000 steps of 128 x 128 tokens per provider
     python bench/bench_pretrain.py --quick        # 200 steps of 32: a smoke run (minutes on a GPU)
+    python bench/bench_pretrain.py --from-log results/bench_pretrain_43ce038.log --log-sha 43ce038
+                                                  # no GPU: rows and plot of a run cut off before it saved them
 """
 
 from __future__ import annotations
