@@ -4,11 +4,40 @@ Knows nothing of BERT. The references in `reference.py` are the specification; t
 within the tolerance rule of the tests (at most twice PyTorch's own error in the same dtype).
 """
 
-if __name__ != "bert_fast_kernels":
+if __name__ == "kernels":
     # This folder is `kernels/` in the source tree, so with the repository root on sys.path (`python -m ...` run
-    # from there) it is importable as `kernels`, the name of another package that transformers probes for by
-    # importing it. Imported under that name it must define nothing: its modules register torch custom ops, and a
-    # second registration of the same ops from a second copy of the modules corrupts the dispatcher.
+    # from there) `import kernels` finds it before the PyPI package `kernels` that transformers imports. Under
+    # that name it hands over: the installed package replaces it in sys.modules (the import statement returns
+    # whatever sys.modules holds once this file has run), or the import fails as if this folder were not there.
+    # It must never define our kernels: their modules register torch custom ops, and a second copy of them under
+    # another name would register the same ops twice.
+    # Standard library only, and no submodule of ours: nothing may land in sys.modules under `kernels.`.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    def _found_this_folder(entry: str) -> bool:
+        try:
+            return os.path.samefile(entry or os.curdir, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        except OSError:
+            return False
+
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "kernels", [entry for entry in sys.path if not _found_this_folder(entry)]
+    )
+    if _spec is None or _spec.loader is None:
+        del sys.modules["kernels"]
+        raise ModuleNotFoundError("No module named 'kernels'", name="kernels")
+    _installed = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _installed
+    try:
+        _spec.loader.exec_module(_installed)
+    except BaseException:
+        del sys.modules["kernels"]
+        raise
+elif __name__ != "bert_fast_kernels":
+    # Any other name (a copy of the folder imported from elsewhere) defines nothing, for the same reason.
     __all__: list[str] = []
 else:
     from .add_layer_norm import add_layer_norm, add_layer_norm_dropout_mask

@@ -1,21 +1,81 @@
-"""The kernels folder imported under the bare name `kernels` (as transformers probes for it) defines nothing."""
+"""The kernels folder found under the bare name `kernels` hands over to the PyPI package of that name.
+
+With the repository root on sys.path (`python -m pytest`, `python -m bench.x`, a script started there), the folder
+`kernels/` shadows the installed `kernels` package that transformers imports. Each check runs in a fresh
+interpreter started the way a user would start one from the repository root.
+"""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+OUR_KERNELS = ROOT / "kernels"
+
+# Every module loaded from our kernels folder must be named bert_fast_kernels.*: a second name would mean a second
+# copy of the modules, each registering the same torch custom ops.
+OURS_LOADED_ONCE = f"""
+import os, sys
+ours = {str(OUR_KERNELS)!r}
+twice = sorted(
+    name for name, module in list(sys.modules.items())
+    if os.path.dirname(os.path.abspath(getattr(module, "__file__", None) or "/")).startswith(ours)
+    and not name.startswith("bert_fast_kernels")
+)
+assert not twice, f"our kernel modules loaded under another name: {{twice}}"
+"""
 
 
-def test_bare_kernels_name_registers_nothing():
-    code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import kernels\n"
-        "assert kernels.__all__ == [] and not hasattr(kernels, 'add_layer_norm'), kernels.__all__\n"
-        "import torch, bert_fast_kernels as K\n"
-        "x = torch.randn(3, 8)\n"
-        "print(K.add_layer_norm_ref(x, None, torch.ones(8), None).shape)\n"
+def run_from_root(code: str, *flags: str) -> subprocess.CompletedProcess:
+    prelude = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+    return subprocess.run(
+        [sys.executable, *flags, "-c", prelude + code], capture_output=True, text=True, cwd=ROOT, check=False
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_bare_name_is_the_installed_kernels_package():
+    pytest.importorskip("kernels", reason="the PyPI package `kernels` is not installed")
+    code = (
+        "from kernels import CUDAProperties\n"
+        "import kernels\n"
+        f"assert not kernels.__file__.startswith({str(OUR_KERNELS)!r}), kernels.__file__\n"
+        "print('kernels from', kernels.__file__)\n" + OURS_LOADED_ONCE
+    )
+    out = run_from_root(code)
     assert out.returncode == 0, out.stderr
-    assert "torch.Size([3, 8])" in out.stdout
+    assert "kernels from" in out.stdout
+
+
+def test_transformers_and_sentence_transformers_import_from_the_repository_root():
+    code = (
+        "import transformers\n"
+        "from transformers import AutoModel, BertConfig\n"
+        "AutoModel.from_config(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,\n"
+        "                                 intermediate_size=37, vocab_size=99))\n"
+        "import sentence_transformers\n"
+        # Our package beside them, its custom ops registered once.
+        "import torch, bert_fast, bert_fast_kernels as K\n"
+        "x = torch.randn(3, 8)\n"
+        "assert K.add_layer_norm_ref(x, None, torch.ones(8), None).shape == (3, 8)\n" + OURS_LOADED_ONCE
+    )
+    out = run_from_root(code)
+    assert out.returncode == 0, out.stderr
+
+
+def test_bare_name_without_the_installed_package_is_not_found():
+    # -S leaves site-packages off sys.path, so the only `kernels` left to find is our folder.
+    code = (
+        "try:\n"
+        "    import kernels\n"
+        "except ModuleNotFoundError as error:\n"
+        "    assert error.name == 'kernels', error.name\n"
+        "    print('not found')\n"
+        "else:\n"
+        "    raise AssertionError(f'import kernels gave {kernels!r}')\n"
+        "assert 'kernels' not in sys.modules\n" + OURS_LOADED_ONCE
+    )
+    out = run_from_root(code, "-S")
+    assert out.returncode == 0, out.stderr
+    assert "not found" in out.stdout
