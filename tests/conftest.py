@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+pytest_plugins = ["pytester"]
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,10 +44,23 @@ def corpus_file(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", documents())
 
 
+SEED_VARIABLE = "BERT_FAST_TEST_SEED"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    """Every test draws fresh random inputs, but a failure can be replayed from the seed it prints."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    """Every test draws fresh random inputs; a failure prints the seed it drew them from, and setting
+    BERT_FAST_TEST_SEED to that seed replays them."""
+    seed = int(os.environ.get(SEED_VARIABLE) or int.from_bytes(os.urandom(4), "little"))
     torch.manual_seed(seed)
     request.node.user_properties.append(("torch_seed", seed))
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    seed = dict(item.user_properties).get("torch_seed")
+    if report.failed and seed is not None:
+        report.sections.append(("torch seed", f"inputs drawn from torch seed {seed}; replay with "
+                                              f"{SEED_VARIABLE}={seed} python -m pytest '{item.nodeid}'"))
