@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .config import BertConfig
-from .files import atomic_write, atomic_write_text
+from .errors import CheckpointError
+from .files import atomic_write, atomic_write_text, read_json
 
 logger = logging.getLogger("bert_fast")
 
@@ -34,10 +35,6 @@ _SKIPPED_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 # of checkpoints saved from models without one (BertForMaskedLM, for one).
 _OPTIONAL_ENCODER_PARTS = ("pooler.",)
 _ENCODER_PARTS = ("embeddings.", "encoder.", "pooler.")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder that is missing files, unreadable, or does not fit the model."""
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -79,7 +76,7 @@ def _read_sharded(index_path: Path, read_one) -> dict[str, torch.Tensor]:
 
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a checkpoint folder, on the CPU, with their stored names and dtypes."""
-    folder = Path(folder)
+    folder = check_folder(folder)
     candidates = [
         (SAFETENSORS, _read_safetensors),
         (SAFETENSORS_INDEX, lambda p: _read_sharded(p, _read_safetensors)),
@@ -92,14 +89,22 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no weights in {folder}: looked for {', '.join(name for name, _ in candidates)}")
 
 
-def read_config(folder: str | Path, **overrides) -> BertConfig:
+def check_folder(folder: str | Path) -> Path:
+    """A checkpoint is a folder: say so when given one of its files, or nothing at all."""
     folder = Path(folder)
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file; give the checkpoint folder that holds it ({folder.parent})")
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    return folder
+
+
+def read_config(folder: str | Path, **overrides) -> BertConfig:
+    folder = check_folder(folder)
     path = folder / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG}")
-    data = json.loads(path.read_text()) if path.stat().st_size else None
+    data = read_json(path, CheckpointError) if path.stat().st_size else None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is empty or not a JSON object")
     data.update(overrides)
@@ -126,6 +131,12 @@ def normalize_keys(state: dict[str, torch.Tensor], encoder_prefix: str) -> dict[
     return out
 
 
+def _first_few(names: list[str], sep: str, shown: int = 3) -> str:
+    """A long list named by its first few items and a count: a whole mismatched model is hundreds of names."""
+    rest = f"{sep}and {len(names) - shown} more" if len(names) > shown else ""
+    return sep.join(names[:shown]) + rest
+
+
 def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
     """Check a normalised checkpoint against the model. Returns (fresh head keys, unused head keys).
 
@@ -149,14 +160,17 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
     )
     problems = []
     if missing_encoder := [k for k in missing if not optional(k)]:
-        problems.append("missing encoder weights: " + ", ".join(missing_encoder))
+        problems.append(f"{len(missing_encoder)} encoder weights missing: " + _first_few(missing_encoder, ", "))
     # A pooler the model does not have (token classification, QA) is left unused, as transformers does.
     if unexpected_encoder := [k for k in unexpected if not optional(k)]:
-        problems.append("unexpected encoder weights: " + ", ".join(unexpected_encoder))
+        problems.append(f"{len(unexpected_encoder)} unexpected encoder weights: "
+                        + _first_few(unexpected_encoder, ", "))
     if mis_shaped:
-        problems.append("weights whose shape does not match the config: " + "; ".join(mis_shaped))
+        problems.append(f"{len(mis_shaped)} weights whose shape does not match the config: "
+                        + _first_few(mis_shaped, "; "))
     if problems:
-        raise CheckpointError("checkpoint does not fit the model: " + " | ".join(problems))
+        raise CheckpointError("checkpoint does not fit the model (is config.json the one these weights were saved "
+                              "with?): " + " | ".join(problems))
     fresh = [k for k in missing if optional(k)]
     unused = [k for k in unexpected if optional(k)]
     return fresh, unused

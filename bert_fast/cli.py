@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from .errors import BertFastError, RunInterrupted
+
 # (subcommand, module under bert_fast.commands, one-line help)
 COMMANDS = [
     ("encode", "encode", "embed texts with a BERT checkpoint (cls or mean pooling), print or save .npy"),
@@ -44,29 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.run(args)
-    except _input_errors() as e:
+    except BertFastError as e:
+        # What the user gave or set up is wrong: the message says what. Anything else is a bug and keeps its
+        # traceback.
         if args.verbose:
             raise
-        raise SystemExit(f"bert-fast {args.command}: {e}") from e
-
-
-def _input_errors() -> tuple[type[Exception], ...]:
-    """The library's errors that name a problem with what it was given (a missing folder, a malformed file, a
-    changed setting on resume): one line for the user, not a traceback (--verbose shows the traceback)."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.corpus import CorpusError
-    from .data.store import DataError as StoreError
-    from .finetune.issues import DataError as FinetuneDataError
-    from .finetune.resume import ResumeError as FinetuneResumeError
-    from .inputs import InputError
-    from .tokenizer import TokenizerError
-    from .training.checkpointing import CheckpointWriteError
-    from .training.config import ConfigFileError
-    from .training.trainer import ResumeError
-
-    return (CheckpointError, ConfigError, CorpusError, StoreError, FinetuneDataError, FinetuneResumeError,
-            InputError, TokenizerError, CheckpointWriteError, ConfigFileError, ResumeError)
+        if isinstance(e, RunInterrupted):
+            print(f"bert-fast {args.command}: {e}", file=sys.stderr)
+            raise SystemExit(130) from None  # the shell's code for Ctrl-C
+        raise SystemExit(f"bert-fast {args.command}: {e}") from None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+from .files import read_json
+
 # GELU flavours as transformers names them, mapped to torch's `approximate` argument.
 ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -20,10 +23,6 @@ PRESETS = {
     "base": (12, 768, 12),
     "large": (24, 1024, 16),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot describe a working BERT."""
 
 
 @dataclass
@@ -132,11 +131,7 @@ class BertConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, ConfigError))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -42,6 +42,7 @@ def embed(model: BertModel, tokenizer: BertTokenizer, texts: Sequence[str], pool
     if not texts:
         return out
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
+    tokenizer.warn_truncated(texts, encodings, max_length)
     order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]

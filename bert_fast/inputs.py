@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 
 from .config import BertConfig
-
-
-class InputError(ValueError):
-    """A batch the model cannot encode as given."""
+from .errors import InputError
 
 
 def _capturing() -> bool:

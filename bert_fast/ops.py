@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import bert_fast_kernels as K
 import torch
 
+from .errors import DeviceError, SettingError
+
 logger = logging.getLogger("bert_fast")
 
 IMPLS = ("reference", "triton", "auto")
@@ -29,7 +31,7 @@ IMPLS = ("reference", "triton", "auto")
 
 def check_impl(impl: str) -> str:
     if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+        raise SettingError(f"impl={impl!r} is not one of {IMPLS}")
     return impl
 
 
@@ -48,7 +50,12 @@ class PaddedLayout:
         return x
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        """(batch, seq, ...) with zeros at padded positions, as the packed layout gives them: what the encoder
+        computes there attends to real tokens but is no token's state, and must not differ between the paths."""
+        if self.key_padding_mask is None:
+            return x
+        real = self.key_padding_mask.reshape(*self.key_padding_mask.shape, *([1] * (x.dim() - 2)))
+        return x.masked_fill(~real, 0)
 
     def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]  # (batch, hidden): the [CLS] position
@@ -313,7 +320,7 @@ def resolve(impl: str, device: torch.device) -> Ops:
         return REFERENCE
     if impl == "triton":
         if not kernels_usable(device):
-            raise RuntimeError(
+            raise DeviceError(
                 f"impl='triton' needs CUDA tensors (the batch is on {device}); use impl='reference' or 'auto' on "
                 "the CPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter"
             )

@@ -8,6 +8,7 @@ input to 128); they are dropped at load, and each call pads and truncates as ask
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from .errors import TokenizerError
+from .files import read_json
+
+logger = logging.getLogger("bert_fast")
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-class TokenizerError(ValueError):
-    """A tokenizer folder or vocabulary that cannot serve BERT."""
 
 
 def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool, strip_accents: bool | None, chinese_chars: bool) -> None:
@@ -63,7 +65,7 @@ class BertTokenizer:
             raise TokenizerError(f"tokenizer folder {folder} does not exist")
         settings = {}
         if (folder / "tokenizer_config.json").is_file():
-            settings = json.loads((folder / "tokenizer_config.json").read_text())
+            settings = read_json(folder / "tokenizer_config.json", TokenizerError)
         max_length = int(settings.get("model_max_length", 512))
         if max_length > 1_000_000:  # transformers writes a huge sentinel for "no limit"
             max_length = 512
@@ -118,6 +120,10 @@ class BertTokenizer:
             tokenizer.train_from_iterator(texts, trainer)
         if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
             raise TokenizerError("the corpus is empty: the trained vocabulary holds only the special tokens")
+        if tokenizer.get_vocab_size() < vocab_size:
+            logger.warning("bert_fast: the corpus gave %s WordPieces, fewer than the %s asked for: it holds no more "
+                           "pieces seen at least %d times (a larger corpus or a lower min_frequency gives more)",
+                           f"{tokenizer.get_vocab_size():,}", f"{vocab_size:,}", min_frequency)
         _bert_pipeline(tokenizer, lowercase, None, True)
         return cls(tokenizer, model_max_length, lowercase)
 
@@ -180,6 +186,17 @@ class BertTokenizer:
             self._tokenizer.no_truncation()
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
         return self._tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens)
+
+    def warn_truncated(self, texts: Sequence[str], encodings, max_length: int | None = None) -> int:
+        """Log how many of `texts` encode_batch cut to max_length (and the longest one's length); returns the
+        count. Embedding a text from its first tokens only is the right default, but never a silent one."""
+        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        if cut:
+            limit = max_length or self.model_max_length
+            longest = max(len(e.ids) for e in self.encode_batch([texts[i] for i in cut], truncation=False))
+            logger.warning("bert_fast: %d of %d texts are longer than %d tokens and were truncated to %d (the "
+                           "longest has %d tokens)", len(cut), len(texts), limit, limit, longest)
+        return len(cut)
 
     def encode(self, text: str, pair: str | None = None, max_length: int | None = None,
                truncation: bool = True) -> dict[str, list[int]]:

@@ -96,6 +96,14 @@ def test_train_save_and_transformers_loads_it(tmp_path):
     assert torch.equal(reloaded(texts)["input_ids"], trained(texts)["input_ids"])
 
 
+def test_a_vocabulary_smaller_than_asked_is_reported(tmp_path, caplog):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a small corpus of few words\n" * 50)
+    trained = BertTokenizer.train([corpus], vocab_size=30522)
+    assert trained.vocab_size < 1000
+    assert f"the corpus gave {trained.vocab_size:,} WordPieces, fewer than the 30,522 asked for" in caplog.text
+
+
 def test_errors(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         BertTokenizer.from_pretrained(tmp_path / "nowhere")

@@ -1,9 +1,7 @@
 """`bert-fast features`: the paper's feature-based use: hidden states of chosen layers, combined, saved as .npz.
 
---layers: embeddings, last, second-to-last, sum-last-four, concat-last-four, weighted-sum-all, or indices
-(e.g. `--layers=-1,-2`; 0 is the embeddings) combined by --combine. --pooling none keeps one vector per word piece:
-the .npz then holds `features` (all tokens, dim), `offsets` (texts + 1) and `input_ids`; cls / mean keep one
-vector per text.
+--pooling none keeps one vector per word piece: the .npz then holds `features` (all tokens, dim), `offsets`
+(texts + 1) and `input_ids`; cls / mean keep one vector per text.
 """
 
 from __future__ import annotations
@@ -12,60 +10,48 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from ..errors import SettingError
+from ..finetune.features import COMBINATIONS
+from .encode import add_model_arguments, load_model, read_texts
 
 
 def _layers(value: str):
-    from ..finetune.features import COMBINATIONS
-
     if value in COMBINATIONS:
         return value
     try:
         return [int(v) for v in value.split(",")]
     except ValueError:
-        raise SystemExit(f"bert-fast features: --layers {value!r} is not one of {COMBINATIONS} or indices") from None
+        raise SettingError(f"--layers {value!r} is not one of {', '.join(COMBINATIONS)} or comma-separated layer "
+                           "indices") from None
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to encode")
-    parser.add_argument("--model", type=Path, help="checkpoint folder (default: all-MiniLM-L6-v2 if installed)")
-    parser.add_argument("--input", type=Path, help="a UTF-8 file with one text per line")
-    parser.add_argument("--layers", default="concat-last-four", help="layer combination (see above)")
+    add_model_arguments(parser)
+    parser.add_argument("--layers", default="concat-last-four",
+                        help=f"one of {', '.join(COMBINATIONS)}, or layer indices such as -1,-2 (0 is the "
+                             "embeddings' output) combined by --combine (default: %(default)s)")
     parser.add_argument("--combine", choices=["concat", "sum", "mean"], default="concat",
-                        help="how explicit layer indices combine")
+                        help="how explicit layer indices combine (default: %(default)s)")
     parser.add_argument("--layer-weights", help="weighted-sum-all: one raw weight per layer (softmax-normalised)")
-    parser.add_argument("--pooling", choices=["none", "cls", "mean"], default="none")
+    parser.add_argument("--pooling", choices=["none", "cls", "mean"], default="none",
+                        help="none: a vector per word piece; cls or mean: one per text (default: %(default)s)")
     parser.add_argument("--output", type=Path, required=True, help=".npz file to write")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int)
-    parser.add_argument("--impl", choices=["auto", "reference", "triton"], default="auto")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
 
 
 def run(args) -> int:
     from ..finetune.features import extract_features
-    from ..modeling import BertModel
-    from ..tokenizer import BertTokenizer
-    from .encode import default_model_dir
 
-    texts = list(args.texts)
-    if args.input:
-        if not args.input.is_file():
-            raise SystemExit(f"bert-fast features: no such input file {args.input}")
-        texts += [line for line in args.input.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
-        raise SystemExit("bert-fast features: no texts given (pass them as arguments or with --input FILE)")
-    weights = [float(w) for w in args.layer_weights.split(",")] if args.layer_weights else None
-    model_dir = args.model or default_model_dir()
-    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    model = BertModel.from_pretrained(model_dir, impl=args.impl, dtype=dtype, device=args.device)
-    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    texts = read_texts(args.texts, args.input)
+    layers = _layers(args.layers)
     try:
-        features, ids = extract_features(model, tokenizer, texts, _layers(args.layers), args.pooling, args.combine,
-                                         weights, args.batch_size, args.max_length)
-    except ValueError as e:
-        raise SystemExit(f"bert-fast features: {e}") from e
+        weights = [float(w) for w in args.layer_weights.split(",")] if args.layer_weights else None
+    except ValueError:
+        raise SettingError(f"--layer-weights {args.layer_weights!r} is not a comma-separated list of numbers") from None
+    model, tokenizer = load_model(args, "features")
+    features, ids = extract_features(model, tokenizer, texts, layers, args.pooling, args.combine, weights,
+                                     args.batch_size, args.max_length)
     if args.pooling == "none":
         offsets = np.cumsum([0] + [len(f) for f in features])
         np.savez(args.output, features=np.concatenate(features).astype(np.float32), offsets=offsets,

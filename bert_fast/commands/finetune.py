@@ -11,9 +11,14 @@ Defaults are the paper's and live in bert_fast.finetune.runner.FinetuneConfig; f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
+
+from ..errors import SettingError
+
+logger = logging.getLogger("bert_fast")
 
 
 def _columns(value: str) -> list[str]:
@@ -36,10 +41,11 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("task", choices=["classify", "tag", "qa", "choice"])
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: all-MiniLM-L6-v2 if installed)")
-    parser.add_argument("--train", type=Path, required=True)
-    parser.add_argument("--dev", type=Path, required=True)
+    parser.add_argument("--train", type=Path, help="training file (required, except with --resume)")
+    parser.add_argument("--dev", type=Path, help="dev file, evaluated each epoch (required, except with --resume)")
     parser.add_argument("--test", type=Path, help="labelled: metrics + predictions; unlabelled: predictions")
-    parser.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     recipe = parser.add_argument_group("recipe (defaults: the paper's)")
     recipe.add_argument("--epochs", type=int, help=shown("epochs"))
     recipe.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
@@ -59,7 +65,9 @@ def add_arguments(parser) -> None:
                                                            "best epoch's model is kept in OUT/best regardless)")
     runs.add_argument("--keep-checkpoints", type=int, help=shown("keep_checkpoints", "the newest N are kept"))
     runs.add_argument("--stop-at", type=int, help="stop after N steps with a checkpoint (a time-limited job)")
-    runs.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    runs.add_argument("--resume", action="store_true",
+                      help="continue the run in --out from its newest checkpoint, with its own settings (flags given "
+                           "again must agree with them; --epochs and --max-steps may change)")
     add_data_arguments(parser, shown, training=True)
 
 
@@ -88,28 +96,46 @@ def add_data_arguments(parser, shown, training: bool) -> None:
     qa.add_argument("--squad-version", type=int, choices=[1, 2])
 
 
-def config_from_args(args):
-    from ..finetune.runner import FinetuneConfig
-    from .encode import default_model_dir
-
-    names = ["test", "epochs", "lr", "batch_size", "micro_batch_size", "eval_batch_size", "warmup", "weight_decay",
+_SETTINGS = ("test", "epochs", "lr", "batch_size", "micro_batch_size", "eval_batch_size", "warmup", "weight_decay",
              "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns",
              "label_column", "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
-             "null_threshold", "squad_version", "checkpoint_every", "keep_checkpoints", "stop_at"]
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    overrides.update(no_header=args.no_header, regression=args.regression, resume=args.resume)
-    return FinetuneConfig(task=args.task, model=args.model or default_model_dir(), train=args.train, dev=args.dev,
-                          out=args.out, **overrides)
+             "null_threshold", "squad_version", "checkpoint_every", "keep_checkpoints", "stop_at")
+
+
+def given_settings(args) -> dict:
+    """The settings the command line gives (flags left out are not in it)."""
+    given = {"task": args.task}
+    given.update({n: getattr(args, n) for n in ("model", "train", "dev", *_SETTINGS)
+                  if getattr(args, n, None) is not None})
+    given.update({n: True for n in ("no_header", "regression") if getattr(args, n)})
+    return given
+
+
+def config_from_args(args):
+    """The run's config; with --resume, the run's own config with what the command gives again checked against
+    it (see finetune.runner.resumed_config)."""
+    from ..finetune.runner import FinetuneConfig, resumed_config
+    from .encode import default_model_dir
+
+    given = given_settings(args)
+    if args.resume:
+        config, notes = resumed_config(args.out, given)
+        for note in notes:
+            logger.warning("bert_fast: resuming with %s", note)
+        return config
+    missing = [f"--{name}" for name in ("train", "dev") if name not in given]
+    if missing:
+        raise SettingError(f"{' and '.join(missing)} required (or --resume, to continue the run in --out)")
+    given.setdefault("model", default_model_dir("finetune"))
+    return FinetuneConfig(out=args.out, **given)
 
 
 def run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..finetune import DataError, finetune
+    from ..extras import require
+    from ..finetune import finetune
 
-    try:
-        summary = finetune(config_from_args(args))
-    except (DataError, CheckpointError, ValueError, FileExistsError) as e:
-        raise SystemExit(f"bert-fast finetune: {e}") from e
+    require("finetune", "bert-fast finetune")
+    summary = finetune(config_from_args(args), overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     if "stopped_at" in summary:

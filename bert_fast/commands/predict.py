@@ -21,13 +21,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("task", choices=["classify", "tag", "qa", "choice"])
     parser.add_argument("--model", type=Path, required=True, help="a fine-tuned checkpoint folder (e.g. RUN/best)")
     parser.add_argument("--input", type=Path, required=True, help="the file to predict, in the task's format")
-    parser.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier predictions of this file in --out")
     parser.add_argument("--batch-size", type=int, help=shown("eval_batch_size"))
     parser.add_argument("--max-length", type=int, help="tokens per input (default 384 for qa, 128 otherwise)")
     add_data_arguments(parser, shown, training=False)
 
 
 def run(args) -> int:
+    from ..extras import require
+
+    require("finetune", "bert-fast predict")
     from ..finetune import FinetuneConfig, predict_file
 
     names = ["max_length", "impl", "device", "precision", "text_columns", "label_column", "doc_stride",
@@ -38,7 +42,7 @@ def run(args) -> int:
     # the task reads only its settings from the config: the input stands in for the training files
     cfg = FinetuneConfig(task=args.task, model=args.model, train=args.input, dev=args.input, out=args.out,
                          no_header=args.no_header, **overrides)
-    summary = predict_file(cfg, args.input)
+    summary = predict_file(cfg, args.input, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("task", "examples", "impl", "device", "metrics", "files")},
                      indent=2, default=float))
     print(f"predictions in {args.out}", file=sys.stderr)

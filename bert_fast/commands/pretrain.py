@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from ..config import PRESETS
+from ..errors import SettingError
+from ..extras import require
 
 logger = logging.getLogger("bert_fast")
 
@@ -35,7 +37,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--whole-word-masking", action="store_true", default=None)
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/pretrain-<size>-<date>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint, with its own settings (flags given "
+                             "again must agree with them; --steps may change)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any setting, e.g. --set train.warmup_steps=10000 (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -49,16 +54,36 @@ _FLAGS = {
 }
 
 
-def resolve_config(args):
-    from ..training.config import PretrainConfig
+def given_settings(args) -> list[tuple[str, object]]:
+    """What the command line sets, in order of precedence: the --config file, the flags, then --set."""
+    from ..training.config import assignments_of, parse_override, read_toml
 
-    config = PretrainConfig.from_file(args.config) if args.config else PretrainConfig()
+    given = assignments_of(read_toml(args.config)) if args.config else []
     for flag, key in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            config.set(key, [str(v) for v in value] if flag == "corpus" else value)
-    for assignment in args.set:
-        config.override(assignment)
+            given.append((key, [str(v) for v in value] if flag == "corpus" else value))
+    given += [parse_override(assignment) for assignment in args.set]
+    return given
+
+
+def resolve_config(args):
+    """The run's config: the defaults with what the command gives, or, with --resume, the run's own config.toml
+    with what the command gives again (which must agree with it; see training.config.resumed_config)."""
+    from ..training.config import PretrainConfig, resumed_config
+
+    given = given_settings(args)
+    if args.resume:
+        out = dict(given).get("out")
+        if not out:
+            raise SettingError("--resume needs --out RUN_DIR, the run to continue")
+        config, notes = resumed_config(out, given)
+        for note in notes:
+            logger.warning("bert_fast: resuming with %s", note)
+        return config
+    config = PretrainConfig()
+    for key, value in given:
+        config.set(key, value)
     return config
 
 
@@ -86,40 +111,41 @@ def _print_summary(summary: dict) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..data.corpus import CorpusError
-    from ..data.store import DataError
-    from ..tokenizer import TokenizerError
-    from ..training.checkpointing import CheckpointWriteError
-    from ..training.config import ConfigFileError
-    from ..training.trainer import ResumeError, pretrain
+    from ..training.trainer import pretrain
 
-    try:
-        config = resolve_config(args)
-    except ConfigFileError as e:
-        raise SystemExit(f"bert-fast pretrain: {e}") from None
+    config = resolve_config(args)
     if args.print_config:
         print(config.to_toml(), end="")
         return 0
+    if not config.data.corpus:
+        require("wiki", "the default corpus (the Wikipedia sample in gensim's wheel)")
     if not args.verbose:  # what the run decides (caches, checkpoints) is worth a line even without -v
         _log_info_to_stderr()
-    try:
-        summary = pretrain(config, resume=args.resume)
-    except (CorpusError, DataError, TokenizerError, ResumeError, CheckpointError, CheckpointWriteError,
-            FileExistsError, ConfigFileError, ValueError) as e:
-        raise SystemExit(f"bert-fast pretrain: {e}") from None
+    summary = pretrain(config, resume=args.resume, overwrite=args.overwrite)
     if summary.get("world_size", 1) == 1 or _is_main():
         _print_summary(summary)
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to sys.stderr as it is then, so a stderr replaced after the handler was made (a second
+    run in one process, a redirect) still gets the lines."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _log_info_to_stderr() -> None:
     log = logging.getLogger("bert_fast")
     log.setLevel(logging.INFO)
-    if not any(getattr(h, "_bert_fast_pretrain", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._bert_fast_pretrain = True
         log.addHandler(handler)
         log.propagate = False
 

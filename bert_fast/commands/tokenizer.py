@@ -12,25 +12,26 @@ def add_arguments(parser) -> None:
                                        "[MASK]) and save a folder transformers' BertTokenizerFast loads.")
     train.add_argument("--corpus", nargs="+", metavar="PATH",
                        help="text files or folders; default: the Wikipedia sample in gensim's wheel")
-    train.add_argument("--vocab-size", type=int, default=30522)
-    train.add_argument("--min-frequency", type=int, default=2)
+    train.add_argument("--vocab-size", type=int, default=30522,
+                       help="at most this many pieces; a small corpus gives fewer (default: %(default)s)")
+    train.add_argument("--min-frequency", type=int, default=2,
+                       help="keep pieces seen at least this often (default: %(default)s)")
     train.add_argument("--cased", action="store_true", help="keep case (default: lower-case, as bert-base-uncased)")
     train.add_argument("--no-split", action="store_true", help="do not split corpus lines into sentences")
     train.add_argument("--out", type=Path, required=True, help="folder to write the tokenizer to")
 
 
 def run(args) -> int:
-    from ..data.corpus import CorpusError
     from ..data.prepare import train_tokenizer
-    from ..tokenizer import TokenizerError
 
-    try:
-        tokenizer, stats = train_tokenizer(args.corpus, args.vocab_size, lowercase=not args.cased,
-                                           min_frequency=args.min_frequency, split=not args.no_split)
-    except (CorpusError, TokenizerError) as e:
-        raise SystemExit(f"bert-fast tokenizer train: {e}") from None
+    if not args.corpus:
+        from ..extras import require
+
+        require("wiki", "the default corpus (the Wikipedia sample in gensim's wheel)")
+    tokenizer, stats = train_tokenizer(args.corpus, args.vocab_size, lowercase=not args.cased,
+                                       min_frequency=args.min_frequency, split=not args.no_split)
     tokenizer.save_pretrained(args.out)
     skipped = f", skipped {stats.skipped_lines} non-UTF-8 lines" if stats.skipped_lines else ""
-    print(f"trained {tokenizer.vocab_size} WordPieces on {stats.documents} documents ({stats.sentences} sentences"
-          f"{skipped}) -> {args.out}")
+    print(f"trained {tokenizer.vocab_size:,} WordPieces (asked for at most {args.vocab_size:,}) on {stats.documents} "
+          f"documents ({stats.sentences} sentences{skipped}) -> {args.out}")
     return 0

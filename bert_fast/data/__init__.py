@@ -1,11 +1,12 @@
 """Pretraining data: corpus readers, sentence splitting, example creation, the sharded store, masking, loaders."""
 
+from ..errors import DataError
 from .corpus import CorpusError, CorpusStats, read_documents, wikipedia_sample_path
 from .loader import PretrainingBatches, make_loader, micro_batch_indices
 from .masking import MaskingSettings, mask_tokens
 from .prepare import cached_store, cached_tokenizer, default_cache_dir, train_tokenizer
 from .sentences import split_sentences
-from .store import DataError, ExampleSettings, ExampleStore, write_store
+from .store import ExampleSettings, ExampleStore, write_store
 
 __all__ = [
     "CorpusError",

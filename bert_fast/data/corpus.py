@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CorpusError
 from .sentences import split_sentences
 
 logger = logging.getLogger("bert_fast")
@@ -33,10 +34,6 @@ Document = list[str]  # the sentences of one document, in order
 
 WIKI_SAMPLE_NAME = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_SAMPLE = "wikipedia-sample"  # the name the embedded default goes by in configs and fingerprints
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be read or holds no text."""
 
 
 @dataclass

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DataError
 from .masking import MaskingSettings, mask_tokens
-from .store import DataError, ExampleStore
+from .store import ExampleStore
 
 _EVAL_STREAM = 1  # masks of the held-out split come from their own seed stream, the same at every evaluation
 

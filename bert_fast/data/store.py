@@ -28,17 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write, atomic_write_text
+from ..errors import DataError
+from ..files import atomic_write, atomic_write_text, read_json
 from .examples import TokenizedCorpus, assemble, create_examples_from_document
 
 logger = logging.getLogger("bert_fast")
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
-
-
-class DataError(ValueError):
-    """Data that cannot feed training: too small, inconsistent, or a damaged store."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,7 @@ class ExampleStore:
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
             raise DataError(f"{folder} is not a finished example store (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path, DataError)
         if manifest.get("format") != FORMAT_VERSION or not manifest.get("complete"):
             raise DataError(f"{folder} holds an unfinished store or one of another format version")
         self.folder = folder

@@ -4,8 +4,9 @@ Importing this package needs scikit-learn, scipy and seqeval only where their me
 (`pip install bert-fast[finetune]`).
 """
 
+from ..errors import DataError
 from .features import ScalarMix, combine_layers, extract_features
-from .issues import DataError, Issues
+from .issues import Issues
 from .runner import FinetuneConfig, finetune, predict_file
 from .tasks import TASKS
 

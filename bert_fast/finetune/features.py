@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import SettingError
+
 COMBINATIONS = ("embeddings", "last", "second-to-last", "sum-last-four", "concat-last-four", "weighted-sum-all")
 
 
@@ -26,7 +28,7 @@ class ScalarMix(nn.Module):
         super().__init__()
         init = torch.zeros(num_layers) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         if init.shape != (num_layers,):
-            raise ValueError(f"{num_layers} layers but {init.numel()} weights")
+            raise SettingError(f"{num_layers} layers but {init.numel()} weights")
         self.weights = nn.Parameter(init.clone())
         self.gamma = nn.Parameter(torch.tensor(float(gamma)))
 
@@ -43,20 +45,20 @@ def combine_layers(hidden_states: Sequence[torch.Tensor], how: str | Sequence[in
         indices = [int(i) for i in how]
         bad = [i for i in indices if not -n - 1 <= i <= n]
         if bad or not indices:
-            raise ValueError(f"layer indices {bad or indices} are not in -{n + 1}..{n} (0 = embeddings)")
+            raise SettingError(f"layer indices {bad or indices} are not in -{n + 1}..{n} (0 = embeddings)")
         chosen = [hidden_states[i].float() for i in indices]
         if combine == "concat":
             return torch.cat(chosen, dim=-1)
         if combine in ("sum", "mean"):
             total = torch.stack(chosen).sum(0)
             return total / len(chosen) if combine == "mean" else total
-        raise ValueError(f"combine={combine!r} is not one of concat, sum, mean")
+        raise SettingError(f"combine={combine!r} is not one of concat, sum, mean")
     if how == "weighted-sum-all":
         return ScalarMix(n, weights)(hidden_states[1:]).detach()
     if how not in COMBINATIONS:
-        raise ValueError(f"layers={how!r} is not one of {COMBINATIONS} or a list of indices")
+        raise SettingError(f"layers={how!r} is not one of {COMBINATIONS} or a list of indices")
     if how in ("sum-last-four", "concat-last-four") and n < 4:
-        raise ValueError(f"{how} needs at least 4 layers; the model has {n}")
+        raise SettingError(f"{how} needs at least 4 layers; the model has {n}")
     spec = {"embeddings": [0], "last": [-1], "second-to-last": [-2], "sum-last-four": [-4, -3, -2, -1],
             "concat-last-four": [-4, -3, -2, -1]}[how]
     return combine_layers(hidden_states, spec, "sum" if how == "sum-last-four" else "concat")
@@ -68,11 +70,12 @@ def extract_features(model, tokenizer, texts: Sequence[str], layers: str | Seque
                      max_length: int | None = None) -> tuple[list[np.ndarray], list[list[int]]]:
     """Per text: (tokens, dim) features (pooling "none") or a (dim,) vector ("cls", "mean"), and its token ids."""
     if pooling not in ("none", "cls", "mean"):
-        raise ValueError(f"pooling={pooling!r} is not one of none, cls, mean")
+        raise SettingError(f"pooling={pooling!r} is not one of none, cls, mean")
     model.eval()
     device = next(model.parameters()).device
     features, ids = [None] * len(texts), [None] * len(texts)
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length) if len(texts) else []
+    tokenizer.warn_truncated(texts, encodings, max_length)
     order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))  # batches of similar lengths
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]

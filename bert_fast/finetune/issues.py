@@ -13,10 +13,6 @@ from collections import Counter, defaultdict
 logger = logging.getLogger("bert_fast")
 
 
-class DataError(ValueError):
-    """A data file the runner cannot use as given: missing columns, unknown labels, malformed records."""
-
-
 class Issues:
     MAX_EXAMPLES = 5
 

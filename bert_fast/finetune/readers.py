@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .issues import DataError
+from ..errors import DataError
 
 # Column names of the GLUE / SuperGLUE layouts, tried in order when the caller names none.
 TEXT_COLUMNS = [
@@ -100,12 +100,22 @@ def read_records(path: str | Path, header: bool = True) -> tuple[list[str], list
     return columns, records
 
 
-def _resolve_column(name: str, columns: list[str], path) -> str:
+def _no_header_hint(columns: list[str], header: bool) -> str:
+    """A hint when the row read as the header looks like data (a number, or a sentence): a file without a header
+    row (CoLA's) loses its first example as column names and then finds none of the columns asked for."""
+    looks_like_data = any(c.strip().lstrip("-").replace(".", "", 1).isdigit() or len(c.split()) > 3 for c in columns)
+    if header and looks_like_data:
+        return ("; its first row looks like data, not a header: if the file has no header row, pass --no-header "
+                "and name the columns by index (--text-columns 0 --label-column 1)")
+    return ""
+
+
+def _resolve_column(name: str, columns: list[str], path, header: bool = True) -> str:
     if name in columns:
         return name
     if name.isdigit() and int(name) < len(columns):
         return columns[int(name)]
-    raise DataError(f"{path}: no column {name!r}; its columns are {columns}")
+    raise DataError(f"{path}: no column {name!r}; its columns are {columns}{_no_header_hint(columns, header)}")
 
 
 def read_table(path: str | Path, text_columns: list[str] | None = None, label_column: str | None = None,
@@ -119,19 +129,21 @@ def read_table(path: str | Path, text_columns: list[str] | None = None, label_co
     if not records:
         raise DataError(f"{path}: no examples")
     if text_columns:
-        texts = [_resolve_column(c, columns, path) for c in text_columns]
+        texts = [_resolve_column(c, columns, path, header) for c in text_columns]
     else:
         found = next((names for names in TEXT_COLUMNS if all(c in columns for c in names)), None)
         if found is None:
-            raise DataError(f"{path}: cannot tell the text column(s) among {columns}; name them (--text-columns)")
+            raise DataError(f"{path}: cannot tell the text column(s) among {columns}; name them (--text-columns)"
+                            f"{_no_header_hint(columns, header)}")
         texts = list(found)
     if label_column:
         present = label_column in columns or (label_column.isdigit() and int(label_column) < len(columns))
-        label = _resolve_column(label_column, columns, path) if present or require_label else None
+        label = _resolve_column(label_column, columns, path, header) if present or require_label else None
     else:
         label = next((c for c in LABEL_COLUMNS if c in columns), None)
     if label is None and require_label:
-        raise DataError(f"{path}: no label column among {columns}; name it (--label-column)")
+        raise DataError(f"{path}: no label column among {columns}; name it (--label-column)"
+                        f"{_no_header_hint(columns, header)}")
     out = []
     for where, record in records:
         values = []

@@ -17,21 +17,18 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_state_into, read_state_dict
+from ..errors import ResumeError
 from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
-from ..training.rng import rng_state, set_rng_state
+from ..training.rng import rng_state
+from ..training.runs import STATE_FILE, restore_rng, state_file
 
 logger = logging.getLogger("bert_fast")
 
-STATE_FILE = "state.pt"
 # Settings that decide what each step computes: a checkpoint continues only a run that shares them.
-RUN_KEYS = ("task", "train", "epochs", "lr", "batch_size", "warmup", "weight_decay", "max_grad_norm", "max_length",
-            "max_steps", "seed", "doc_stride", "max_query_length", "text_columns", "label_column", "labels",
-            "regression")
-
-
-class ResumeError(ValueError):
-    """A checkpoint that this run cannot continue from."""
+# The total steps (epochs, max_steps) may change: the schedule then decays over the new total from the checkpoint on.
+RUN_KEYS = ("task", "train", "lr", "batch_size", "warmup", "weight_decay", "max_grad_norm", "max_length", "seed",
+            "doc_stride", "max_query_length", "text_columns", "label_column", "labels", "regression")
 
 
 @dataclass
@@ -46,6 +43,10 @@ class Position:
     tokens: int = 0  # this epoch's real training tokens so far, all ranks
     history: list[dict] = field(default_factory=list)  # the finished epochs' records
     best: dict | None = None  # the best finished epoch's record
+
+    def next_epoch(self) -> None:
+        """An epoch ended: the next one starts with no steps, sums or drawn order of its own."""
+        self.epoch_shuffle_state, self.step_in_epoch, self.loss_sum, self.tokens = None, 0, 0.0, 0
 
 
 def save(manager: CheckpointManager, position: Position, model, tokenizer, optimizer, schedule, precision,
@@ -68,7 +69,7 @@ def save(manager: CheckpointManager, position: Position, model, tokenizer, optim
 
 def restore(path: Path, model, optimizer, schedule, precision, config: dict, env: D.DistEnv) -> Position:
     """Load checkpoint `path` into the run's objects; returns where the run stood."""
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(state_file(path), map_location="cpu", weights_only=False)
     changed = [f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in RUN_KEYS
                if state["config"].get(k) != config.get(k)]
     if changed:
@@ -83,10 +84,5 @@ def restore(path: Path, model, optimizer, schedule, precision, config: dict, env
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     precision.load_state_dict(state["precision"])
-    if len(state["rng"]) == env.world_size:
-        set_rng_state(state["rng"][env.rank])
-    else:
-        logger.warning("bert_fast: the checkpoint was written by %d process(es), this run has %d: the random "
-                       "generators (dropout) are not restored, so losses will differ slightly from an uninterrupted "
-                       "run", len(state["rng"]), env.world_size)
+    restore_rng(state["rng"], env)
     return Position(**state["position"])  # its partial sums are all ranks' together

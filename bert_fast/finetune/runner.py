@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,13 +35,17 @@ import numpy as np
 import torch
 
 from ..checkpoint import read_config
+from ..devices import resolve_device
+from ..errors import DataError, ResumeError, RunInterrupted, SettingError
+from ..files import read_json
 from ..ops import resolve
 from ..tokenizer import BertTokenizer
 from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
+from ..training.runs import accumulation_steps, run_folder, settings_for_resume
 from . import resume
-from .issues import DataError, Issues
+from .issues import Issues
 from .tasks import TASKS, Split, Task, sequence_length
 
 logger = logging.getLogger("bert_fast")
@@ -94,12 +99,12 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not one of {sorted(TASKS)}")
+            raise SettingError(f"task {self.task!r} is not one of {sorted(TASKS)}")
         for name in ("epochs", "batch_size", "eval_batch_size", "micro_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise SettingError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+            raise SettingError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
 
 
 def set_seed(seed: int) -> torch.Generator:
@@ -159,13 +164,13 @@ def steps_per_epoch(examples: int, batch_size: int, pieces: int) -> int:
     return full + (rest >= pieces)
 
 
-def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, precision: Precision,
+def train_steps(model, task: Task, features: list[dict], optimizer, schedule, precision: Precision,
                 cfg: FinetuneConfig, order: list[int], accumulation: int = 1, env: D.DistEnv = SINGLE_PROCESS,
-                skip: int = 0, max_steps: int | None = None, after_step=None) -> dict:
-    """Steps over the training features in `order` (the epoch's shuffle, the same on every rank), `model` possibly
-    DDP-wrapped: the epoch's steps after the first `skip` (done before a resume), at most max_steps of them.
-    `after_step(steps_in_epoch, loss_sum, tokens)` runs after each (this rank's sums so far) and returns True to
-    stop. Returns this rank's sums: the step losses, the real tokens, and the steps taken."""
+                skip: int = 0, max_steps: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
+    """Optimizer steps over the training features in `order` (the epoch's shuffle, the same on every rank),
+    `model` possibly DDP-wrapped: the epoch's steps after the first `skip` (done before a resume), at most
+    max_steps of them. Yields after each step its loss (the mean of its micro-batches' losses, a device tensor)
+    and this rank's real tokens in it."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -173,9 +178,10 @@ def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, pr
     pieces = accumulation * env.world_size
     starts = range(0, steps_per_epoch(len(features), cfg.batch_size, pieces) * cfg.batch_size, cfg.batch_size)
     starts = starts[skip:] if max_steps is None else starts[skip:skip + max_steps]
-    loss_sum, tokens, steps = torch.zeros((), dtype=torch.float64, device=device), 0, 0
     for start in tqdm(starts, desc="train", leave=False, disable=None if env.is_main else True):
         chunk = micro_batches([features[i] for i in order[start:start + cfg.batch_size]], pieces)
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        tokens = 0
         for a in range(accumulation):
             batch = task.collate(chunk[a * env.world_size + env.rank], training=True)
             tokens += int(batch["attention_mask"].sum())  # counted on the host: no device sync per step
@@ -184,15 +190,12 @@ def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, pr
                 with precision.autocast():
                     loss = model(**batch).loss
                 precision.backward(loss / accumulation)
-            loss_sum += loss.detach().double() / accumulation
+            step_loss += loss.detach().double() / accumulation
         _, stepped = precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
         optimizer.zero_grad(set_to_none=True)
         if stepped:
             schedule.step()
-        steps += 1
-        if after_step is not None and after_step(skip + steps, loss_sum, tokens):
-            break
-    return {"loss_sum": loss_sum, "tokens": tokens, "steps": steps}
+        yield step_loss, tokens
 
 
 def reduce_sums(loss_sum: torch.Tensor, tokens: int, env: D.DistEnv) -> tuple[float, int]:
@@ -232,165 +235,274 @@ def _json_ready(value):
     return value
 
 
-def _device(cfg: FinetuneConfig, env: D.DistEnv) -> torch.device:
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None and env.enabled:
-        device = torch.device("cuda", env.local_rank)  # one GPU per process under torchrun
-    return device
+@dataclass
+class EpochSums:
+    """This rank's step-loss and token sums in the epoch since the run (re)started; `carried` holds what all
+    ranks had summed before a resume (the checkpoint's)."""
+
+    loss: torch.Tensor
+    tokens: int = 0
+    carried_loss: float = 0.0
+    carried_tokens: int = 0
+
+    def all_ranks(self, env: D.DistEnv) -> tuple[float, int]:
+        """The epoch's sums over every rank so far (collective)."""
+        loss, tokens = reduce_sums(self.loss, self.tokens, env)
+        return loss + self.carried_loss, tokens + self.carried_tokens
 
 
-def _accumulation(cfg: FinetuneConfig, env: D.DistEnv) -> int:
-    micro = cfg.micro_batch_size or cfg.batch_size // env.world_size
-    if micro < 1 or cfg.batch_size % (micro * env.world_size):
-        raise ValueError(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={micro} x "
-                         f"{env.world_size} rank(s)")
-    return cfg.batch_size // (micro * env.world_size)
+class FinetuneRun:
+    """One fine-tuning job (one process, or one rank of a torchrun job), complete when built: its splits,
+    model, optimizer and schedule, at the position it starts from (the newest checkpoint's when resuming)."""
+
+    def __init__(self, cfg: FinetuneConfig, env: D.DistEnv):
+        self.cfg, self.env = cfg, env
+        self.generator = set_seed(cfg.seed)
+        self.device = resolve_device(cfg.device, env.local_rank)
+        self.precision = Precision(cfg.precision, self.device) if cfg.precision else Precision.default(self.device)
+        self.accumulation = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, env.world_size)
+        self.micro_batch_size = cfg.batch_size // (self.accumulation * env.world_size)
+        self.out = Path(cfg.out)
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints)
+        if env.is_main and (env.enabled or self.accumulation > 1):
+            logger.warning("fine-tuning on %d process(es): %d micro-batch(es) of %d examples per rank and step",
+                           env.world_size, self.accumulation, self.micro_batch_size)
+
+        # Data: every split read and encoded once.
+        self.issues = Issues()
+        self.tokenizer = BertTokenizer.from_pretrained(cfg.model)
+        self.task = TASKS[cfg.task](cfg, self.tokenizer, self.issues, model_config=read_config(cfg.model))
+        self.train_split = self._split(cfg.train, "train")
+        self.dev_split = self._split(cfg.dev, "dev")
+        self.test_split = self._split(cfg.test, "test") if cfg.test else None
+        if env.is_main:
+            self.issues.log()
+
+        # Model, optimizer, schedule.
+        self.model = self.task.model_class.from_pretrained(cfg.model, impl=cfg.impl,
+                                                           **self.task.model_overrides()).to(self.device)
+        self.wrapped = D.wrap_model(self.model, env, "ddp", self.device)  # every rank starts from rank 0's weights
+        self.total_steps = self._total_steps()
+        self.optimizer = build_optimizer(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.schedule = linear_schedule(self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps)
+
+        self.run_config = {**_json_ready(asdict(cfg)), "world_size": env.world_size,
+                           "micro_batch": self.micro_batch_size}
+        self.position = self._restore_newest_checkpoint() if cfg.resume else resume.Position()
+
+    def _split(self, path: Path, name: str) -> Split:
+        split = self.task.load(path, name)
+        split.features = self.task.encode(split, training=name == "train")
+        return split
+
+    def _total_steps(self) -> int:
+        pieces = self.accumulation * self.env.world_size
+        total = steps_per_epoch(len(self.train_split.features), self.cfg.batch_size, pieces) * self.cfg.epochs
+        if total == 0:
+            raise DataError(f"{len(self.train_split.features)} training example(s) cannot fill the {pieces} "
+                            "micro-batches of one step")
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps is not None else total
+
+    def _restore_newest_checkpoint(self) -> resume.Position:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            if self.env.is_main:
+                logger.warning("bert_fast: --resume: no checkpoint in %s, starting afresh", self.checkpoints.folder)
+            return resume.Position()
+        position = resume.restore(latest[1], self.model, self.optimizer, self.schedule, self.precision,
+                                  self.run_config, self.env)
+        if self.env.is_main:
+            logger.warning("bert_fast: resumed from %s: epoch %d, step %d of the run", latest[1], position.epoch,
+                           position.steps_done)
+        return position
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train the epochs left, evaluating each and keeping the best; then evaluate the best checkpoint."""
+        if self.env.is_main:
+            (self.out / "config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            for record in self.position.history:  # the log as the checkpoint knew it: nothing logged twice
+                log_epoch(self.out, record, quiet=True)
+        try:
+            for epoch in range(self.position.epoch, self.cfg.epochs + 1):
+                if self.position.steps_done >= self.total_steps and self.position.step_in_epoch == 0:
+                    break  # no epoch left to evaluate
+                self._train_epoch(epoch)
+                if self._stopped_early():
+                    return self._stopped_summary()
+        except KeyboardInterrupt:
+            raise RunInterrupted(self._interrupted()) from None
+        D.barrier(self.env)  # the best checkpoint is on disk before any rank reads it
+        return self._final_evaluation()
+
+    def _train_epoch(self, epoch: int) -> None:
+        position = self.position
+        if position.epoch_shuffle_state is not None:  # resuming inside this epoch: draw its order again
+            self.generator.set_state(position.epoch_shuffle_state)
+        position.epoch, position.epoch_shuffle_state = epoch, self.generator.get_state()
+        order = torch.randperm(len(self.train_split.features), generator=self.generator).tolist()
+        sums = EpochSums(torch.zeros((), dtype=torch.float64, device=self.device),
+                         carried_loss=position.loss_sum, carried_tokens=position.tokens)
+        started = time.perf_counter()
+        for step_loss, tokens in train_steps(self.wrapped, self.task, self.train_split.features, self.optimizer,
+                                             self.schedule, self.precision, self.cfg, order, self.accumulation,
+                                             self.env, skip=position.step_in_epoch,
+                                             max_steps=self.total_steps - position.steps_done):
+            sums.loss += step_loss
+            sums.tokens += tokens
+            position.step_in_epoch += 1
+            position.steps_done += 1
+            if self._stop_reached() or self._checkpoint_due():
+                position.loss_sum, position.tokens = sums.all_ranks(self.env)
+                resume.save(self.checkpoints, position, self.model, self.tokenizer, self.optimizer, self.schedule,
+                            self.precision, self.run_config, self.env)
+            if self._stopped_early():
+                return
+        _sync(self.device)
+        train_seconds = time.perf_counter() - started
+        self._end_epoch(sums, train_seconds)
+
+    def _checkpoint_due(self) -> bool:
+        done = self.position.steps_done
+        return bool(self.cfg.checkpoint_every) and done % self.cfg.checkpoint_every == 0 and done < self.total_steps
+
+    def _stop_reached(self) -> bool:
+        """stop_at reached: a time-limited job ends here with a checkpoint."""
+        return self.cfg.stop_at is not None and self.position.steps_done >= self.cfg.stop_at
+
+    def _stopped_early(self) -> bool:
+        """stop_at reached before the run's last step (at the last step the run just ends as usual)."""
+        return self._stop_reached() and self.position.steps_done < self.total_steps
+
+    def _end_epoch(self, sums: EpochSums, train_seconds: float) -> None:
+        """Evaluate on dev, log the epoch, keep the model if it is the best so far."""
+        started = time.perf_counter()
+        dev_metrics, _ = evaluate(self.model, self.task, self.dev_split, self.cfg, self.precision, self.env)
+        _sync(self.device)
+        loss_sum, tokens = sums.all_ranks(self.env)
+        position = self.position
+        record = {"epoch": position.epoch, "train_loss": loss_sum / (position.step_in_epoch * self.env.world_size),
+                  "steps": position.step_in_epoch, "train_tokens": tokens, "train_seconds": train_seconds,
+                  "eval_seconds": time.perf_counter() - started, "dev": dev_metrics}
+        position.history.append(record)
+        if self.env.is_main:
+            log_epoch(self.out, record)
+        # every rank scores the same gathered results, so every rank takes the same decision
+        metric = self.task.primary_metric
+        if position.best is None or _score(dev_metrics, metric) > _score(position.best["dev"], metric):
+            position.best = record
+            self.model.config.extra.update(self.task.checkpoint_settings())  # what predicting needs (a tuned value)
+            if self.env.is_main:
+                self.model.save_pretrained(self.out / "best")
+                self.tokenizer.save_pretrained(self.out / "best")
+        position.next_epoch()
+
+    def _final_evaluation(self) -> dict:
+        """The best epoch's checkpoint, read back: its dev metrics must be the ones recorded (and SQuAD v2 tunes
+        its threshold on them for the test set); test predictions when there is a test split."""
+        cfg, env, task = self.cfg, self.env, self.task
+        model = task.model_class.from_pretrained(self.out / "best", impl=cfg.impl).to(self.device)
+        history = self.position.history
+        summary = {"task": cfg.task, "config": _json_ready(asdict(cfg)), "device": str(self.device),
+                   "precision": self.precision.mode, "impl": resolve(cfg.impl, self.device).name,
+                   "world_size": env.world_size, "primary_metric": task.primary_metric, "epochs": history,
+                   "best_epoch": self.position.best["epoch"]}
+        summary["dev"], dev_predictions = evaluate(model, task, self.dev_split, cfg, self.precision, env)
+        if env.is_main:
+            task.write_predictions(self.dev_split, dev_predictions, self.out)
+        if self.test_split is not None:
+            started = time.perf_counter()
+            summary["test"], test_predictions = evaluate(model, task, self.test_split, cfg, self.precision, env)
+            summary["test_seconds"] = time.perf_counter() - started
+            if env.is_main:
+                task.write_predictions(self.test_split, test_predictions, self.out)
+        summary["train_seconds"] = sum(r["train_seconds"] for r in history)
+        summary["warnings"] = self.issues.summary()
+        if env.is_main:
+            (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        return summary
+
+    def _stopped_summary(self) -> dict:
+        done = self.position.steps_done
+        if self.env.is_main:
+            logger.warning("bert_fast: stopped after step %d of %d; --resume continues from %s", done,
+                           self.total_steps, self.checkpoints.path(done))
+        return {"task": self.cfg.task, "stopped_at": done, "total_steps": self.total_steps,
+                "checkpoint": str(self.checkpoints.path(done))}
+
+    def _interrupted(self) -> str:
+        """Ctrl-C: where the run stands and how to continue it."""
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return (f"interrupted at step {self.position.steps_done} of {self.total_steps} with no checkpoint to "
+                    f"resume from (pass --checkpoint-every N to write some); {self.out} holds the finished epochs' "
+                    "results")
+        return (f"interrupted at step {self.position.steps_done} of {self.total_steps}; the last checkpoint is "
+                f"{latest[1]} (step {latest[0]}). Continue with the same command and --resume")
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    """Run one fine-tuning job (one process, or each rank of a torchrun job); returns what metrics.json holds."""
-    env = D.init_distributed(_device(cfg, SINGLE_PROCESS).type)
+# Resuming: settings the command may give anew without changing what any step computes (quiet), settings that may
+# change with a warning (loud: the total steps), and settings of one command that a resumed run does not inherit.
+RESUME_QUIET = ("stop_at", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "test")
+RESUME_LOUD = {
+    "epochs": "the total steps: the learning rate now decays to zero over the new total, from the checkpoint on",
+    "max_steps": "the total steps: the learning rate now decays to zero over the new total, from the checkpoint on",
+}
+PER_INVOCATION = ("stop_at",)
+_PATHS = ("model", "train", "dev", "test", "out")
+
+
+def resumed_config(out: str | Path, given: dict) -> tuple[FinetuneConfig, list[str]]:
+    """The config a resumed run continues with: the run's own OUT/config.json, with `given` (the settings the
+    command gave again) checked against it. Returns it and a note per changed total-steps setting; any other
+    changed setting that decides what a step computes is a ResumeError naming it."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ResumeError(f"{out} holds no config.json: there is no fine-tuning run to resume there (start one "
+                          "without --resume)")
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"out", "resume"}
+    saved = {k: v for k, v in read_json(path, ResumeError).items() if k in names}
+    saved.update({name: None for name in PER_INVOCATION})
+    given = {k: v for k, v in given.items() if k in names}
+    notes = settings_for_resume(saved, _json_ready(given), RESUME_QUIET, RESUME_LOUD)
+    merged = {**saved, **given, "out": Path(out), "resume": True}
+    merged.update({k: Path(merged[k]) for k in _PATHS if merged.get(k) is not None})
+    return FinetuneConfig(**merged), notes
+
+
+# What a fine-tuning run leaves in its folder that another run must not silently write over.
+RUN_OUTPUTS = ("best", "checkpoints", "config.json", "metrics.json", "metrics.jsonl", "predictions_*")
+
+
+def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+    """Run one fine-tuning job (one process, or each rank of a torchrun job); returns what metrics.json holds.
+
+    An output folder holding another run is refused unless cfg.resume continues it or `overwrite` replaces it.
+    """
+    env = D.init_distributed(resolve_device(cfg.device).type)
     try:
-        return _finetune(cfg, env)
+        with run_folder(Path(cfg.out), RUN_OUTPUTS, cfg.resume, overwrite, is_main=env.is_main):
+            D.barrier(env)
+            return FinetuneRun(cfg, env).run()
     finally:
         D.shutdown(env)
 
 
-def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
-    generator = set_seed(cfg.seed)
-    device = _device(cfg, env)
-    precision = Precision(cfg.precision, device) if cfg.precision else Precision.default(device)
-    accumulation = _accumulation(cfg, env)
-    out = Path(cfg.out)
-    checkpoints = CheckpointManager(out / "checkpoints", cfg.keep_checkpoints)
-    latest = checkpoints.latest()
-    if latest and not cfg.resume:
-        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
-                              "another --out")
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    if env.is_main and (env.enabled or accumulation > 1):
-        logger.warning("fine-tuning on %d process(es): %d micro-batch(es) of %d examples per rank and step",
-                       env.world_size, accumulation, cfg.batch_size // (accumulation * env.world_size))
-    issues = Issues()
-
-    tokenizer = BertTokenizer.from_pretrained(cfg.model)
-    task = TASKS[cfg.task](cfg, tokenizer, issues, model_config=read_config(cfg.model))
-    train = task.load(cfg.train, "train")
-    dev = task.load(cfg.dev, "dev")
-    test = task.load(cfg.test, "test") if cfg.test else None
-    for split in (s for s in (train, dev, test) if s is not None):
-        split.features = task.encode(split, training=split is train)
-    if env.is_main:
-        issues.log()
-
-    model = task.model_class.from_pretrained(cfg.model, impl=cfg.impl, **task.model_overrides()).to(device)
-    wrapped = D.wrap_model(model, env, "ddp", device)  # DDP starts every rank from rank 0's weights
-    total_steps = steps_per_epoch(len(train.features), cfg.batch_size, accumulation * env.world_size) * cfg.epochs
-    if total_steps == 0:
-        raise ValueError(f"{len(train.features)} training example(s) cannot fill the {accumulation * env.world_size} "
-                         "micro-batches of one step")
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    optimizer = build_optimizer(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = linear_schedule(optimizer, int(cfg.warmup * total_steps), total_steps)
-
-    run_config = {**_json_ready(asdict(cfg)), "world_size": env.world_size,
-                  "micro_batch": cfg.batch_size // (accumulation * env.world_size)}
-    position = resume.Position()
-    if latest:
-        position = resume.restore(latest[1], model, optimizer, schedule, precision, run_config, env)
-        if env.is_main:
-            logger.warning("bert_fast: resumed from %s: epoch %d, step %d of the run", latest[1], position.epoch,
-                           position.steps_done)
-            for record in position.history:  # the log as the checkpoint knew it: nothing logged twice
-                log_epoch(out, record, quiet=True)
-    elif cfg.resume and env.is_main:
-        logger.warning("bert_fast: --resume: no checkpoint in %s, starting afresh", checkpoints.folder)
-
-    def after_step(steps_in_epoch: int, loss_sum: torch.Tensor, tokens: int) -> bool:
-        """Checkpoint when due; True to stop. `position` still stands where this epoch's train_epoch began."""
-        done = position.steps_done + steps_in_epoch - position.step_in_epoch
-        stop = cfg.stop_at is not None and done >= cfg.stop_at
-        if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps):
-            new_loss, new_tokens = reduce_sums(loss_sum, tokens, env)
-            at = dataclasses.replace(position, step_in_epoch=steps_in_epoch, steps_done=done,
-                                     loss_sum=position.loss_sum + new_loss, tokens=position.tokens + new_tokens)
-            resume.save(checkpoints, at, model, tokenizer, optimizer, schedule, precision, run_config, env)
-        return stop
-
-    for epoch in range(position.epoch, cfg.epochs + 1):
-        if position.steps_done >= total_steps and position.step_in_epoch == 0:  # no epoch left to evaluate
-            break
-        if position.epoch_shuffle_state is not None:  # resuming inside this epoch: draw its order again
-            generator.set_state(position.epoch_shuffle_state)
-        position.epoch, position.epoch_shuffle_state = epoch, generator.get_state()
-        order = torch.randperm(len(train.features), generator=generator).tolist()
-        t0 = time.perf_counter()
-        stats = train_epoch(wrapped, task, train.features, optimizer, schedule, precision, cfg, order,
-                            accumulation=accumulation, env=env, skip=position.step_in_epoch,
-                            max_steps=total_steps - position.steps_done, after_step=after_step)
-        _sync(device)
-        position.steps_done += stats["steps"]
-        position.step_in_epoch += stats["steps"]
-        if cfg.stop_at is not None and position.steps_done >= cfg.stop_at and position.steps_done < total_steps:
-            if env.is_main:
-                logger.warning("bert_fast: stopped after step %d of %d; --resume continues from %s",
-                               position.steps_done, total_steps, checkpoints.path(position.steps_done))
-            return {"task": cfg.task, "stopped_at": position.steps_done, "total_steps": total_steps,
-                    "checkpoint": str(checkpoints.path(position.steps_done))}
-        t1 = time.perf_counter()
-        dev_metrics, _ = evaluate(model, task, dev, cfg, precision, env)
-        _sync(device)
-        t2 = time.perf_counter()
-        loss_sum, tokens = reduce_sums(stats["loss_sum"], stats["tokens"], env)
-        loss_sum, tokens = loss_sum + position.loss_sum, tokens + position.tokens
-        record = {"epoch": epoch, "train_loss": loss_sum / (position.step_in_epoch * env.world_size),
-                  "steps": position.step_in_epoch, "train_tokens": tokens, "train_seconds": t1 - t0,
-                  "eval_seconds": t2 - t1, "dev": dev_metrics}
-        position.history.append(record)
-        if env.is_main:
-            log_epoch(out, record)
-        # every rank scores the same gathered results, so every rank takes the same decision
-        best = position.best
-        if best is None or _score(dev_metrics, task.primary_metric) > _score(best["dev"], task.primary_metric):
-            position.best = record
-            model.config.extra.update(task.checkpoint_settings())  # what predicting with it needs (a tuned value)
-            if env.is_main:
-                model.save_pretrained(out / "best")
-                tokenizer.save_pretrained(out / "best")
-        position.step_in_epoch, position.epoch_shuffle_state, position.loss_sum, position.tokens = 0, None, 0.0, 0
-    D.barrier(env)  # the best checkpoint is on disk before any rank reads it
-    history, best = position.history, position.best
-
-    # The best epoch's checkpoint, read back: its dev metrics must be the ones recorded (and SQuAD v2 tunes its
-    # threshold on them for the test set).
-    model = task.model_class.from_pretrained(out / "best", impl=cfg.impl).to(device)
-    summary = {"task": cfg.task, "config": _json_ready(asdict(cfg)), "device": str(device),
-               "precision": precision.mode, "impl": resolve(cfg.impl, device).name, "world_size": env.world_size,
-               "primary_metric": task.primary_metric, "epochs": history, "best_epoch": best["epoch"]}
-    summary["dev"], dev_predictions = evaluate(model, task, dev, cfg, precision, env)
-    if env.is_main:
-        task.write_predictions(dev, dev_predictions, out)
-    if test is not None:
-        t0 = time.perf_counter()
-        summary["test"], test_predictions = evaluate(model, task, test, cfg, precision, env)
-        summary["test_seconds"] = time.perf_counter() - t0
-        if env.is_main:
-            task.write_predictions(test, test_predictions, out)
-    summary["train_seconds"] = sum(r["train_seconds"] for r in history)
-    summary["warnings"] = issues.summary()
-    if env.is_main:
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    return summary
-
-
-def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
+def predict_file(cfg: FinetuneConfig, path: Path, overwrite: bool = False) -> dict:
     """A fine-tuned checkpoint (cfg.model) applied to one file of cfg.task's format, read with cfg's settings
     (cfg.train and cfg.dev are not read). Writes predictions_<file stem>.* to cfg.out, and metrics_<file stem>.json
-    when the file is labelled; returns the metrics (None when unlabelled) and the files written."""
-    device = _device(cfg, SINGLE_PROCESS)
+    when the file is labelled; returns the metrics (None when unlabelled) and the files written. Earlier
+    predictions of a file of that name in cfg.out are refused unless `overwrite`."""
+    stem = Path(path).stem
+    with run_folder(Path(cfg.out), (f"predictions_{stem}.*", f"metrics_{stem}.json"), resume=False,
+                    overwrite=overwrite) as out:
+        return _predict_file(cfg, Path(path), out)
+
+
+def _predict_file(cfg: FinetuneConfig, path: Path, out: Path) -> dict:
+    device = resolve_device(cfg.device)
     precision = Precision(cfg.precision, device) if cfg.precision else Precision.default(device)
     model_config = read_config(cfg.model)
     if cfg.task == "classify":
@@ -399,7 +511,7 @@ def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
     tokenizer = BertTokenizer.from_pretrained(cfg.model)
     task = TASKS[cfg.task](cfg, tokenizer, issues, model_config=model_config)
     task.use_checkpoint_labels()
-    split = dataclasses.replace(task.load(path, "test"), name=Path(path).stem)  # labels optional, as for a test file
+    split = dataclasses.replace(task.load(path, "test"), name=path.stem)  # labels optional, as for a test file
     split.features = task.encode(split, training=False)
     issues.log()
     model = task.model_class.from_pretrained(cfg.model, impl=cfg.impl).to(device)
@@ -410,8 +522,6 @@ def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
     metrics, predictions = evaluate(model, task, split, cfg, precision)
     _sync(device)
     seconds = time.perf_counter() - t0
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     files = task.write_predictions(split, predictions, out)
     summary = {"task": cfg.task, "model": str(cfg.model), "input": str(path), "examples": len(split.examples),
                "impl": resolve(cfg.impl, device).name, "device": str(device), "seconds": seconds,

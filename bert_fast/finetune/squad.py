@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .issues import DataError, Issues
+from ..errors import DataError
+from .issues import Issues
 
 
 @dataclass

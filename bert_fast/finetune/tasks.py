@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..heads import (
     BertForMultipleChoice,
     BertForQuestionAnswering,
@@ -23,7 +24,7 @@ from ..heads import (
     BertForTokenClassification,
 )
 from . import metrics as M
-from .issues import DataError, Issues
+from .issues import Issues
 from .readers import TaggedSentence, read_conll, read_swag, read_table, write_conll
 from .squad import best_spans, make_windows, read_squad
 
@@ -80,6 +81,11 @@ def _checkpoint_labels(model_config, kind: str) -> list[str]:
         raise DataError(f"the checkpoint's config.json names no labels (id2label): predicting needs a model "
                         f"fine-tuned as {kind}")
     return [names[i] for i in sorted(names)]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
 
 
 class Task:
@@ -206,25 +212,34 @@ class ClassifyTask(Task):
         return list(output.logits.float().cpu().numpy())
 
     def score(self, split, results):
+        """Predictions are the scores (regression) or the (examples, labels) logits."""
         logits = np.stack(results)
-        if self.regression:
-            predictions = logits[:, 0]
-        else:
-            predictions = logits.argmax(-1)
+        predictions = logits[:, 0] if self.regression else logits
         if not split.labelled:
             return None, predictions
         gold = [f["label"] for f in split.features]
         if self.regression:
             return M.regression_metrics(predictions, gold), predictions
-        return M.classification_metrics(predictions, gold, len(self.labels)), predictions
+        metrics = M.classification_metrics(logits.argmax(-1), gold, len(self.labels))
+        if "f1" in metrics:  # binary F1 counts one label as the positive class: say which
+            metrics["f1_positive_label"] = self.labels[1]
+        return metrics, predictions
 
     def write_predictions(self, split, predictions, folder):
+        """GLUE's submission columns (index, prediction) first, then each label's probability and the text."""
         path = folder / f"predictions_{split.name}.tsv"
+        pair = len(split.examples[0].texts) == 2
         with path.open("w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["index", "prediction"])  # GLUE's submission layout
-            for i, p in enumerate(predictions):
-                writer.writerow([i, f"{float(p):.6g}" if self.regression else self.labels[int(p)]])
+            scores = [] if self.regression else [f"p({label})" for label in self.labels]
+            writer.writerow(["index", "prediction", *scores, "text", *(["text_b"] if pair else [])])
+            if self.regression:
+                rows = [[f"{float(p):.6g}"] for p in predictions]
+            else:
+                probabilities = _softmax(predictions)
+                rows = [[self.labels[int(p.argmax())], *(f"{x:.4f}" for x in p)] for p in probabilities]
+            for i, (row, example) in enumerate(zip(rows, split.examples)):
+                writer.writerow([i, *row, *example.texts])
         return [path]
 
 
@@ -477,18 +492,26 @@ class ChoiceTask(Task):
         return list(output.logits.float().cpu().numpy())
 
     def score(self, split, results):
-        predictions = np.stack(results).argmax(-1)
+        """Predictions are the (examples, choices) logits."""
+        logits = np.stack(results)
         if not split.labelled:
-            return None, predictions
+            return None, logits
         from sklearn.metrics import accuracy_score
 
         gold = [e.label for e in split.examples]
-        return {"accuracy": float(accuracy_score(gold, predictions))}, predictions
+        return {"accuracy": float(accuracy_score(gold, logits.argmax(-1)))}, logits
 
     def write_predictions(self, split, predictions, folder):
+        """The chosen ending's index, each ending's probability, the context and the chosen ending."""
         path = folder / f"predictions_{split.name}.tsv"
-        lines = ["index\tprediction"] + [f"{i}\t{int(p)}" for i, p in enumerate(predictions)]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        probabilities = _softmax(predictions)
+        n = probabilities.shape[1]
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(["index", "prediction", *(f"p({j})" for j in range(n)), "context", "ending"])
+            for i, (p, example) in enumerate(zip(probabilities, split.examples)):
+                choice = int(p.argmax())
+                writer.writerow([i, choice, *(f"{x:.4f}" for x in p), example.context, example.endings[choice]])
         return [path]
 
 

@@ -5,7 +5,8 @@ Pretraining itself: `bert_fast.training.trainer.pretrain(PretrainConfig)` (impor
 data pipeline).
 """
 
-from .checkpointing import CheckpointManager, CheckpointWriteError
+from ..errors import CheckpointWriteError
+from .checkpointing import CheckpointManager
 from .metrics import MetricsLogger, Progress, read_metrics
 from .optim import Lamb, build_optimizer, linear_schedule, parameter_groups
 from .precision import Precision

@@ -19,14 +19,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import CheckpointWriteError
+
 logger = logging.getLogger("bert_fast")
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 COMPLETE_MARKER = "COMPLETE"
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written. The checkpoints written before it are intact."""
 
 
 def _fsync_tree(folder: Path) -> None:

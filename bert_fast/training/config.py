@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigFileError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigFileError(ValueError):
-    """A config file or override that names an unknown setting or holds a value of the wrong type."""
 
 
 @dataclass
@@ -98,6 +96,9 @@ class Phase2Section:
     micro_batch_size: int = 0
 
 
+SECTIONS = ("model", "data", "train", "phase2")
+
+
 @dataclass
 class PretrainConfig:
     out: str = ""  # run folder; empty: runs/pretrain-<size>-<date>
@@ -111,27 +112,19 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
         config = cls()
-        for key, value in data.items():
-            if key == "out":
-                config.out = str(value)
-                continue
-            section = getattr(config, key, None)
-            if not dataclasses.is_dataclass(section) or not isinstance(value, dict):
-                raise ConfigFileError(f"unknown config table [{key}]; the tables are model, data, train, phase2")
-            for name, v in value.items():
-                config.set(f"{key}.{name}", v)
+        for key, value in assignments_of(data):
+            config.set(key, value)
         return config
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigFileError(f"no config file at {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigFileError(f"{path} is not valid TOML: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
+
+    def get(self, dotted: str) -> Any:
+        if dotted == "out":
+            return self.out
+        section_name, _, name = dotted.partition(".")
+        return getattr(getattr(self, section_name), name)
 
     def set(self, dotted: str, value: Any) -> None:
         """Set `section.key` (or `out`), checking the name and converting to the field's type."""
@@ -150,14 +143,7 @@ class PretrainConfig:
 
     def override(self, assignment: str) -> None:
         """Apply one `section.key=value` (value in TOML syntax; a bare word is a string)."""
-        if "=" not in assignment:
-            raise ConfigFileError(f"--set expects section.key=value, got {assignment!r}")
-        key, raw = assignment.split("=", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        self.set(key.strip(), value)
+        self.set(*parse_override(assignment))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +155,80 @@ class PretrainConfig:
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         return "\n".join(lines) + "\n"
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigFileError(f"no config file at {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigFileError(f"{path} is not valid TOML: {e}") from e
+
+
+def assignments_of(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A config file's tables as (`section.key` or `out`, value) pairs, in file order."""
+    pairs = []
+    for key, value in data.items():
+        if key == "out":
+            pairs.append(("out", value))
+        elif key in SECTIONS and isinstance(value, dict):
+            pairs += [(f"{key}.{name}", v) for name, v in value.items()]
+        else:
+            raise ConfigFileError(f"unknown config table [{key}]; the tables are {', '.join(SECTIONS)}")
+    return pairs
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """`section.key=value` (value in TOML syntax; a bare word is a string) as (name, value)."""
+    if "=" not in assignment:
+        raise ConfigFileError(f"--set expects section.key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+# --- resuming: the run's own settings, and the few that may change --------------------------------------
+
+# Settings that do not change what any step computes: a resumed run may give them anew.
+RESUME_QUIET = ("train.stop_at", "train.log_every", "train.eval_every", "train.eval_batches",
+                "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.profile_steps",
+                "train.tensorboard", "train.peak_tflops", "data.num_workers", "data.cache_dir")
+# Settings that may change with a warning: what the change means.
+RESUME_LOUD = {
+    "train.steps": "the total steps: the learning rate now decays to zero over the new total, from the checkpoint on",
+    "phase2.steps": "the total steps: the learning rate now decays to zero over the new total, from the checkpoint on",
+}
+# Settings of one command, not of the run: a resumed run starts from their defaults.
+PER_INVOCATION = ("train.stop_at", "train.profile_steps")
+
+
+def resumed_config(run_dir: str | Path, assignments: list[tuple[str, Any]]) -> tuple[PretrainConfig, list[str]]:
+    """The config a resumed run continues with: the run's own config.toml, with `assignments` (what the command
+    gave again) checked against it. Returns it and a note per changed total-steps setting; any other changed
+    setting that decides what a step computes is a ResumeError naming it."""
+    from ..errors import ResumeError
+    from .runs import settings_for_resume
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ResumeError(f"{run_dir} holds no config.toml: there is no run to resume there (start one without "
+                          "--resume)")
+    saved = PretrainConfig.from_file(run_dir / "config.toml")
+    fresh = PretrainConfig()
+    for name in PER_INVOCATION:
+        saved.set(name, fresh.get(name))
+    config = PretrainConfig.from_dict(saved.to_dict())
+    for key, value in assignments:
+        config.set(key, value)
+    config.out = str(run_dir)
+    given = {key: config.get(key) for key, _ in assignments if key != "out"}
+    notes = settings_for_resume({key: saved.get(key) for key in given}, given, RESUME_QUIET, RESUME_LOUD)
+    return config, notes
 
 
 def _convert(name: str, value: Any, default: Any) -> Any:

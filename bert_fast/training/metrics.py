@@ -75,19 +75,26 @@ class Progress:
         self._last_print = 0.0
         self.total = total
         self.step = initial
-        if not enabled:
-            return
+        self.desc = desc
+        self._started = False
+
+    def _start(self) -> None:
+        """The bar appears with the first update, not when the object is made."""
+        self._started = True
         try:
             from tqdm.auto import tqdm
 
             if sys.stderr.isatty():
-                self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, smoothing=0.1)
+                self._bar = tqdm(total=self.total, initial=self.step, desc=self.desc, dynamic_ncols=True,
+                                 smoothing=0.1)
         except ImportError:
             pass
 
     def update(self, step: int, **fields) -> None:
         if not self.enabled:
             return
+        if not self._started:
+            self._start()
         shown = {k: v for k, v in fields.items() if v is not None}
         if self._bar is not None:
             self._bar.update(step - self.step)

@@ -36,7 +36,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     axes[2].set(title="held-out MLM perplexity", xlabel="step", ylabel="perplexity", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run without evaluations leaves two panels empty
+            ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from ..errors import SettingError
+
 SKIP = 10  # steps before the profile: compilation, autotuning, the allocator's first requests
 WARMUP = 2  # steps the profiler runs but discards (its own start-up)
 PARTS = ("data", "forward", "backward", "optimizer")
@@ -28,7 +30,7 @@ class StepProfiler:
 
     def __init__(self, steps: int, out_dir: Path, device: torch.device, enabled: bool = True):
         if steps < 0:
-            raise ValueError(f"train.profile_steps must be 0 (off) or a number of steps, got {steps}")
+            raise SettingError(f"train.profile_steps must be 0 (off) or a number of steps, got {steps}")
         self.out_dir = out_dir
         self.cuda = device.type == "cuda"
         self.profiler = None
@@ -38,6 +40,10 @@ class StepProfiler:
             self.profiler = profile(activities=activities,
                                     schedule=schedule(wait=SKIP, warmup=WARMUP, active=steps, repeat=1),
                                     on_trace_ready=self._write)
+
+    def start(self) -> None:
+        """Begin counting steps (call once, right before the first)."""
+        if self.profiler is not None:
             self.profiler.start()
 
     def range(self, name: str):

@@ -1,4 +1,4 @@
-"""BERT pretraining (masked LM + next sentence prediction), read top to bottom in `Pretrainer.run`.
+"""BERT pretraining (masked LM + next sentence prediction): `pretrain` builds a `Pretrainer` and calls `train`.
 
 One process or many under torchrun (DDP, or FSDP as an option). Mixed precision through `Precision`: bf16
 autocast with fp32 master weights by default on CUDA, fp16 with a GradScaler, or fp32. AdamW (fused on CUDA)
@@ -23,7 +23,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +33,9 @@ from ..config import BertConfig
 from ..data.loader import PretrainingBatches, make_loader, micro_batch_indices
 from ..data.masking import MaskingSettings
 from ..data.prepare import cached_store, cached_tokenizer
-from ..data.store import DataError, ExampleSettings
+from ..data.store import ExampleSettings
+from ..devices import resolve_device
+from ..errors import DataError, ResumeError, RunInterrupted, SettingError
 from ..modeling import BertForPreTraining
 from ..tokenizer import BertTokenizer
 from . import distributed as D
@@ -45,15 +47,13 @@ from .objective import PretrainingObjective
 from .optim import build_optimizer, linear_schedule
 from .precision import Precision
 from .profiling import StepProfiler
-from .rng import rng_state, seed_everything, set_rng_state
+from .rng import rng_state, seed_everything
+from .runs import STATE_FILE, accumulation_steps, restore_rng, run_folder, state_file
 
 logger = logging.getLogger("bert_fast")
 
-STATE_FILE = "trainer_state.pt"
-
-
-class ResumeError(RuntimeError):
-    """A checkpoint that this run cannot continue from (a changed model or data setting)."""
+# What a run leaves in its folder that another run must not silently write over.
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "model", "summary.json", "tensorboard", "profile")
 
 
 @dataclass
@@ -80,52 +80,239 @@ def plan_phases(config: PretrainConfig, world_size: int) -> list[Phase]:
     phases, start = [], 0
     for i, (seq_len, steps, batch, micro) in enumerate(specs):
         if steps < 1:
-            raise ValueError(f"phase {i + 1} needs at least one step, got {steps}")
-        micro = micro or batch // world_size
-        if micro < 1 or batch % (micro * world_size):
-            raise ValueError(f"batch_size={batch} is not a multiple of micro_batch_size={micro} x {world_size} "
-                             "ranks")
-        phases.append(Phase(i, seq_len, start, steps, batch, micro, batch // (micro * world_size)))
+            raise SettingError(f"phase {i + 1} needs at least one step, got {steps}")
+        accumulation = accumulation_steps(batch, micro, world_size)
+        phases.append(Phase(i, seq_len, start, steps, batch, batch // (accumulation * world_size), accumulation))
         start += steps
     return phases
-
-
-def _device(config: PretrainConfig, env: D.DistEnv) -> torch.device:
-    name = config.train.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", env.local_rank)
-    return device
 
 
 def _config_diff(old: dict, new: dict, keys) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+@dataclass
+class Interval:
+    """The steps since the last log line: loss sums on the device (read only when logging), time, skips."""
+
+    sums: torch.Tensor  # (4,) float64: loss, mlm loss, nsp loss, real tokens
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def on(cls, device: torch.device) -> Interval:
+        return cls(torch.zeros(4, dtype=torch.float64, device=device))
+
+
 class Pretrainer:
-    def __init__(self, config: PretrainConfig, resume: bool = False):
-        self.config = config
-        self.resume = resume
+    """One pretraining run, complete when built: its data, model, optimizer and schedule, at the step it
+    starts from (0, or the newest checkpoint's when resuming)."""
+
+    # Settings a resumed run must share with its checkpoint: they fix what each step's batch holds.
+    _DATA_KEYS = ("corpus", "tokenizer", "vocab_size", "lowercase", "split_sentences", "seq_len", "short_seq_prob",
+                  "dupe_factor", "eval_fraction", "shard_examples", "mlm_probability", "whole_word_masking")
+
+    def __init__(self, config: PretrainConfig, env: D.DistEnv, run_dir: Path, resume: bool = False):
+        t = config.train
+        self.config, self.env, self.run_dir, self.resume = config, env, run_dir, resume
+        self.device = resolve_device(t.device, env.local_rank)
+        self.phases = plan_phases(config, env.world_size)
+        self.total_steps = self.phases[-1].end
+        self.stop = min(t.stop_at, self.total_steps) if t.stop_at else self.total_steps
+
+        # Data: tokenizer, example stores (built once per node and cached), masking.
+        self.tokenizer = self._load_tokenizer()
+        self._build_stores()
+        self.masking = MaskingSettings(config.data.mlm_probability, whole_word=config.data.whole_word_masking)
+        tok = self.tokenizer
+        self.special_ids = {"pad": tok.pad_token_id, "unk": tok.unk_token_id, "cls": tok.cls_token_id,
+                            "sep": tok.sep_token_id, "mask": tok.mask_token_id}
+
+        # Model, optimizer, schedule, precision: the same initial weights on every rank.
+        seed_everything(t.seed)
+        self.model = self._build_model()
+        torch.manual_seed(t.seed + 1000 * env.rank)  # each rank its own dropout masks
+        self.objective = PretrainingObjective(self.model)
+        self.wrapped = D.wrap_model(self.objective, env, t.distributed, self.device,
+                                    units=list(self.model.bert.encoder.layer))
+        self.sharded = D.is_sharded(self.wrapped)
+        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
+        warmup = t.warmup_steps if t.warmup_steps >= 0 else round(t.warmup_ratio * self.total_steps)
+        self.scheduler = linear_schedule(self.optimizer, warmup, self.total_steps)
+        self.precision = (Precision.default(self.device) if t.precision == "auto"
+                          else Precision(t.precision, self.device))
+        self.checkpoints = CheckpointManager(run_dir / "checkpoints", t.keep_checkpoints)
+
+        self.step = self._restore_newest_checkpoint() if resume else 0
+        self.start_step = self.step
+        self.metrics = MetricsLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if t.tensorboard else None,
+                                     enabled=env.is_main)
+        self.progress = Progress(self.stop, self.step, enabled=t.progress and env.is_main)
+        self.profiler = StepProfiler(t.profile_steps, run_dir / "profile", self.device, enabled=env.is_main)
+        self.first_record: dict | None = None  # the first and last training log records of this invocation
+        self.last_record: dict | None = None
+        self.last_eval: dict = {}
+        self.tokens_seen = 0
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Train from `self.step` to the end (or train.stop_at); returns the run's summary."""
+        self._write_run_files()
+        self.profiler.start()
+        started = time.perf_counter()
+        try:
+            for phase in self.phases:
+                if self.step < min(phase.end, self.stop):
+                    self._train_phase(phase)
+        except KeyboardInterrupt:
+            raise RunInterrupted(self._interrupted()) from None
+        finally:
+            self.profiler.close()
+            self.progress.close()
+        seconds = time.perf_counter() - started
+        if self.finished and self.env.is_main:
+            self._save_final_model()
+        D.barrier(self.env)
+        self.metrics.close()
+        return self._summary(seconds)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    def _train_phase(self, phase: Phase) -> None:
+        t = self.config.train
+        batches = self._batches(phase)
+        flops_per_token = train_flops_per_token(self.model, self.model.config.num_hidden_layers,
+                                                self.model.config.hidden_size, phase.seq_len)
+        peak = peak_flops(self.device, self.precision.mode, t.peak_tflops)
+        mfu_of_tokens_per_s = flops_per_token / (peak * self.env.world_size) if peak else None
+        interval = Interval.on(self.device)
+        while self.step < min(phase.end, self.stop):
+            grad_norm = self._train_step(phase, batches, interval)
+            self.step += 1
+            self.profiler.step()
+            end_of_phase = self.step in (self.stop, phase.end)  # of the run, or of a phase
+            if self.step % t.log_every == 0 or end_of_phase:
+                self._log_interval(phase, interval, grad_norm, mfu_of_tokens_per_s)
+                interval = Interval.on(self.device)
+            if (t.eval_every and self.step % t.eval_every == 0) or end_of_phase:
+                self._evaluate_and_log(phase)
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or end_of_phase:
+                self._save_checkpoint()
+
+    def _train_step(self, phase: Phase, batches, interval: Interval) -> torch.Tensor:
+        """One optimizer step over `phase.accumulation` micro-batches; returns the gradient norm (on the device)."""
+        for a in range(phase.accumulation):
+            with self.profiler.range("data"):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            with D.no_sync(self.wrapped, skip=a < phase.accumulation - 1):
+                with self.precision.autocast(), self.profiler.range("forward"):
+                    out = self.wrapped(**batch)
+                with self.profiler.range("backward"):
+                    self.precision.backward(out["loss"] / phase.accumulation)
+            interval.sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
+                                          out["nsp_loss"].detach().double(), batch["attention_mask"].sum().double()])
+        with self.profiler.range("optimizer"):
+            clip = (lambda m: D.clip_grad_norm(self.model.parameters(), m)) if self.sharded else None
+            grad_norm, stepped = self.precision.step(self.optimizer, self.model.parameters(),
+                                                     self.config.train.max_grad_norm, clip)
+            if stepped:
+                self.scheduler.step()
+            else:
+                interval.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        interval.steps += 1
+        return grad_norm
+
+    def _batches(self, phase: Phase):
+        """This rank's micro-batches from `self.step` to the end of the phase (or the stop)."""
+        t = self.config.train
+        dataset = PretrainingBatches(phase.store, "train", phase.micro_batch_size, t.seed, self.masking,
+                                     self.special_ids, self.tokenizer.vocab_size)
+        indices = micro_batch_indices(self.step - phase.start, min(phase.end, self.stop) - phase.start,
+                                      phase.accumulation, self.env.world_size, self.env.rank)
+        workers = self.config.data.num_workers
+        if workers < 0:
+            workers = 2 if self.device.type == "cuda" else 1
+        return iter(make_loader(dataset, indices, workers, pin_memory=self.device.type == "cuda"))
+
+    # --- logging and evaluation ------------------------------------------------------------------------
+
+    def _log_interval(self, phase: Phase, interval: Interval, grad_norm: torch.Tensor,
+                      mfu_of_tokens_per_s: float | None) -> None:
+        loss, mlm, nsp, tokens = D.all_reduce_sum(interval.sums.clone(), self.env).tolist()
+        micro = interval.steps * phase.accumulation * self.env.world_size
+        tokens_per_s = tokens / (time.perf_counter() - interval.started)
+        record = {"loss": loss / micro, "mlm_loss": mlm / micro, "nsp_loss": nsp / micro,
+                  "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                  "tokens_per_s": tokens_per_s, "seq_len": phase.seq_len,
+                  "mfu": tokens_per_s * mfu_of_tokens_per_s if mfu_of_tokens_per_s else None,
+                  "skipped_steps": interval.skipped}
+        if self.precision.scaler is not None:
+            record["loss_scale"] = self.precision.scaler.get_scale()
+        self.metrics.log(self.step, "train", record)
+        self.first_record = self.first_record or record
+        self.last_record = record
+        self.tokens_seen += int(tokens)
+        # loss= is the MLM + NSP sum, as in the paper's objective; metrics.jsonl has each part.
+        self.progress.update(self.step, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                             tok_s=f"{tokens_per_s:,.0f}",
+                             mfu=f"{record['mfu']:.1%}" if record["mfu"] is not None else None)
+
+    def _evaluate_and_log(self, phase: Phase) -> None:
+        self.last_eval = self.evaluate(phase)
+        if self.last_eval:
+            self.metrics.log(self.step, "eval", self.last_eval)
+            self.progress.write(f"step {self.step}: eval mlm_acc {self.last_eval['mlm_accuracy']:.3f} ppl "
+                                f"{self.last_eval['perplexity']:.1f} nsp_acc {self.last_eval['nsp_accuracy']:.3f}")
+
+    @torch.no_grad()
+    def evaluate(self, phase: Phase) -> dict:
+        """MLM accuracy / loss / perplexity and NSP accuracy / loss on the held-out split (fixed masks)."""
+        dataset = PretrainingBatches(phase.store, "eval", phase.micro_batch_size, self.config.train.seed,
+                                     self.masking, self.special_ids, self.tokenizer.vocab_size, shuffle=False)
+        n = min(len(dataset), self.config.train.eval_batches)
+        if n == 0:
+            return {}
+        W, r = self.env.world_size, self.env.rank
+        # Every rank runs the same number of forwards (FSDP needs it); padding batches get weight 0.
+        indices = [i * W + r for i in range(math.ceil(n / W))]
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        runner = self.wrapped if self.sharded else self.objective  # sharded weights are gathered by the wrapper
+        devices = [self.device] if self.device.type == "cuda" else []
+        self.objective.eval()
+        with torch.random.fork_rng(devices=devices):  # evaluation must not move the training RNG
+            for j in indices:
+                batch = {k: v.to(self.device) for k, v in dataset[min(j, n - 1)].items()}
+                weight = 1.0 if j < n else 0.0
+                with self.precision.autocast():
+                    out = runner(**batch, return_logits=True)
+                n_masked = out["mlm_labels"].numel()
+                n_seq = batch["next_sentence_label"].numel()
+                sums += weight * torch.stack([
+                    out["mlm_loss"].double() * n_masked,
+                    (out["mlm_logits"].argmax(-1) == out["mlm_labels"]).sum().double(),
+                    torch.tensor(n_masked, dtype=torch.float64, device=self.device),
+                    out["nsp_loss"].double() * n_seq,
+                    (out["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).sum().double(),
+                    torch.tensor(n_seq, dtype=torch.float64, device=self.device),
+                ])
+        self.objective.train()
+        if self.sharded:  # FSDP keeps the root's weights gathered after a forward without backward
+            self.wrapped.reshard()
+        mlm_loss, mlm_ok, masked, nsp_loss, nsp_ok, seqs = D.all_reduce_sum(sums, self.env).tolist()
+        mlm_loss /= masked
+        return {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
+                "nsp_loss": nsp_loss / seqs, "nsp_accuracy": nsp_ok / seqs, "examples": int(seqs)}
 
     # --- set-up ----------------------------------------------------------------------------------------
 
-    def _run_dir(self) -> Path:
-        if self.config.out:
-            return Path(self.config.out)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        return Path("runs") / f"pretrain-{self.config.model.size}-{stamp}"
-
-    def _check_run_dir(self, run_dir: Path) -> None:
-        used = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-        if used and not self.resume:
-            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
-                                  "--out (nothing was overwritten)")
-
-    def _tokenizer(self, run_dir: Path) -> BertTokenizer:
+    def _load_tokenizer(self) -> BertTokenizer:
         data = self.config.data
-        saved = run_dir / "tokenizer"
+        saved = self.run_dir / "tokenizer"
         if self.resume and (saved / "tokenizer.json").is_file():
             return BertTokenizer.from_pretrained(saved)
         if data.tokenizer:
@@ -141,38 +328,43 @@ class Pretrainer:
         D.barrier(self.env)
         return result if self.env.local_rank == 0 else build()
 
-    def _stores(self, phases: list[Phase], tokenizer: BertTokenizer) -> None:
+    def _build_stores(self) -> None:
+        """The example store of each phase's sequence length (phase.store)."""
         data = self.config.data
-        for seq_len in sorted({p.seq_len for p in phases}):
+        for seq_len in sorted({p.seq_len for p in self.phases}):
             settings = ExampleSettings(seq_len, data.short_seq_prob, data.dupe_factor, data.eval_fraction,
                                        data.shard_examples, self.config.train.seed)
             folder = self._node_first(lambda s=settings: cached_store(
-                data.corpus or None, tokenizer, s, data.cache_dir or None, data.split_sentences))
-            for p in phases:
+                data.corpus or None, self.tokenizer, s, data.cache_dir or None, data.split_sentences))
+            for p in self.phases:
                 if p.seq_len == seq_len:
                     p.store = folder
 
-    def _build_model(self, tokenizer: BertTokenizer) -> BertForPreTraining:
+    def _build_model(self) -> BertForPreTraining:
         m = self.config.model
         bert_config = BertConfig.preset(
-            m.size, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+            m.size, vocab_size=self.tokenizer.vocab_size, pad_token_id=self.tokenizer.pad_token_id,
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
             max_position_embeddings=m.max_position_embeddings,
         )
         longest = max(p.seq_len for p in self.phases)
         if longest > bert_config.max_position_embeddings:
-            raise ValueError(f"seq_len {longest} exceeds the model's max_position_embeddings="
-                             f"{bert_config.max_position_embeddings}")
-        fused_loss = self.config.train.fused_mlm_loss
-        return BertForPreTraining(bert_config, impl=m.impl, fused_mlm_loss=fused_loss).to(self.device)
+            raise SettingError(f"seq_len {longest} exceeds the model's max_position_embeddings="
+                               f"{bert_config.max_position_embeddings}")
+        model = BertForPreTraining(bert_config, impl=m.impl, fused_mlm_loss=self.config.train.fused_mlm_loss)
+        return model.to(self.device)
+
+    def _write_run_files(self) -> None:
+        """The resolved config and the tokenizer; the log cut back to the step the run continues from."""
+        if self.env.is_main:
+            self.metrics.truncate_after(self.step)
+            (self.run_dir / "config.toml").write_text(self.config.to_toml())
+            self.tokenizer.save_pretrained(self.run_dir / "tokenizer")
 
     # --- checkpoints -----------------------------------------------------------------------------------
 
-    # Settings a resumed run must share with its checkpoint: they fix what each step's batch holds.
-    _DATA_KEYS = ("corpus", "tokenizer", "vocab_size", "lowercase", "split_sentences", "seq_len", "short_seq_prob",
-                  "dupe_factor", "eval_fraction", "shard_examples", "mlm_probability", "whole_word_masking")
-
-    def _save_checkpoint(self, step: int) -> None:
+    def _save_checkpoint(self) -> None:
+        step = self.step
         rng = D.gather_objects(rng_state(), self.env)
         model_state = D.full_parameters(self.model) if self.sharded else None
         optim_state = self._optimizer_state()
@@ -216,8 +408,17 @@ class Pretrainer:
     def _phase_of(self, step: int) -> int:
         return next((p.index for p in self.phases if step < p.end), self.phases[-1].index)
 
-    def _restore(self, path: Path) -> int:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    def _restore_newest_checkpoint(self) -> int:
+        """Load the newest checkpoint into the run's objects; returns its step (0 when there is none)."""
+        latest = self.checkpoints.latest()
+        if latest is None:
+            logger.warning("bert_fast: --resume: no checkpoint in %s, starting at step 0", self.checkpoints.folder)
+            return 0
+        step = self._restore(latest[1])
+        logger.warning("bert_fast: resumed from %s at step %d", latest[1], step)
+        return step
+
+    def _check_resumable(self, path: Path, state: dict) -> None:
         saved_model = BertConfig.from_json_file(path / "model" / "config.json").to_dict()
         current = self.model.config.to_dict()
         keys = sorted(set(saved_model) | set(current))
@@ -225,9 +426,9 @@ class Pretrainer:
         if changed:
             raise ResumeError(f"cannot resume from {path}: the model config changed ({'; '.join(changed)}); use the "
                               "original settings, or start a new run with another --out")
-        old = state["config"]
-        changed = _config_diff(old["data"], self.config.to_dict()["data"], self._DATA_KEYS)
-        changed += [f"train.{c}" for c in _config_diff(old["train"], self.config.to_dict()["train"],
+        old, new = state["config"], self.config.to_dict()
+        changed = _config_diff(old["data"], new["data"], self._DATA_KEYS)
+        changed += [f"train.{c}" for c in _config_diff(old["train"], new["train"],
                                                        ("batch_size", "micro_batch_size", "seed"))]
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
@@ -241,6 +442,10 @@ class Pretrainer:
         if (state["optimizer_keys"] == "names") != self.sharded:
             raise ResumeError(f"cannot resume from {path}: it was written {'with' if not self.sharded else 'without'} "
                               "FSDP sharding; resume with the same train.distributed setting")
+
+    def _restore(self, path: Path) -> int:
+        state = torch.load(state_file(path), map_location="cpu", weights_only=False)
+        self._check_resumable(path, state)
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -254,230 +459,69 @@ class Pretrainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.load_state_dict(state["precision"])
-        rng = state["rng"]
-        if len(rng) == self.env.world_size:
-            set_rng_state(rng[self.env.rank])
-        else:
-            logger.warning("bert_fast: the checkpoint was written by %d ranks, this run has %d: RNG states (dropout) "
-                           "are not restored, so losses will differ slightly from an uninterrupted run", len(rng),
-                           self.env.world_size)
+        restore_rng(state["rng"], self.env)
         return int(state["step"])
 
-    # --- evaluation ------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self, phase: Phase) -> dict:
-        """MLM accuracy / loss / perplexity and NSP accuracy / loss on the held-out split (fixed masks)."""
-        dataset = PretrainingBatches(phase.store, "eval", phase.micro_batch_size, self.config.train.seed,
-                                     self.masking, self.special_ids, self.tokenizer.vocab_size, shuffle=False)
-        n = min(len(dataset), self.config.train.eval_batches)
-        if n == 0:
-            return {}
-        W, r = self.env.world_size, self.env.rank
-        # Every rank runs the same number of forwards (FSDP needs it); padding batches get weight 0.
-        indices = [i * W + r for i in range(math.ceil(n / W))]
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        runner = self.wrapped if self.sharded else self.objective  # sharded weights are gathered by the wrapper
-        devices = [self.device] if self.device.type == "cuda" else []
-        self.objective.eval()
-        with torch.random.fork_rng(devices=devices):  # evaluation must not move the training RNG
-            for j in indices:
-                batch = {k: v.to(self.device) for k, v in dataset[min(j, n - 1)].items()}
-                weight = 1.0 if j < n else 0.0
-                with self.precision.autocast():
-                    out = runner(**batch, return_logits=True)
-                n_masked = out["mlm_labels"].numel()
-                n_seq = batch["next_sentence_label"].numel()
-                sums += weight * torch.stack([
-                    out["mlm_loss"].double() * n_masked,
-                    (out["mlm_logits"].argmax(-1) == out["mlm_labels"]).sum().double(),
-                    torch.tensor(n_masked, dtype=torch.float64, device=self.device),
-                    out["nsp_loss"].double() * n_seq,
-                    (out["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).sum().double(),
-                    torch.tensor(n_seq, dtype=torch.float64, device=self.device),
-                ])
-        self.objective.train()
-        if self.sharded:  # FSDP keeps the root's weights gathered after a forward without backward
-            self.wrapped.reshard()
-        mlm_loss, mlm_ok, masked, nsp_loss, nsp_ok, seqs = D.all_reduce_sum(sums, self.env).tolist()
-        mlm_loss /= masked
-        return {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
-                "nsp_loss": nsp_loss / seqs, "nsp_accuracy": nsp_ok / seqs, "examples": int(seqs)}
-
-    # --- the run ---------------------------------------------------------------------------------------
-
-    def run(self) -> dict:
-        config, t = self.config, self.config.train
-        probe = _device(config, D.DistEnv())
-        self.env = env = D.init_distributed(probe.type)
-        try:
-            return self._run(config, t, env)
-        finally:
-            D.shutdown(env)
-
-    def _run(self, config: PretrainConfig, t, env: D.DistEnv) -> dict:
-        self.device = device = _device(config, env)
-        run_dir = Path(D.broadcast_object(str(self._run_dir()), env))
-        self.run_dir = run_dir
-        if env.is_main:
-            self._check_run_dir(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        D.barrier(env)
-
-        # Data: tokenizer, example stores (built once, by rank 0, cached), masking.
-        self.phases = phases = plan_phases(config, env.world_size)
-        self.tokenizer = tokenizer = self._tokenizer(run_dir)
-        self._stores(phases, tokenizer)
-        self.masking = MaskingSettings(config.data.mlm_probability, whole_word=config.data.whole_word_masking)
-        self.special_ids = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id,
-                            "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id,
-                            "mask": tokenizer.mask_token_id}
-
-        # Model, optimizer, schedule, precision: the same initial weights on every rank.
-        seed_everything(t.seed)
-        self.model = model = self._build_model(tokenizer)
-        torch.manual_seed(t.seed + 1000 * env.rank)  # each rank its own dropout masks
-        self.objective = PretrainingObjective(model)
-        self.wrapped = D.wrap_model(self.objective, env, t.distributed, device, units=list(model.bert.encoder.layer))
-        self.sharded = D.is_sharded(self.wrapped)
-        self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
-        total_steps = phases[-1].end
-        warmup = t.warmup_steps if t.warmup_steps >= 0 else round(t.warmup_ratio * total_steps)
-        self.scheduler = linear_schedule(self.optimizer, warmup, total_steps)
-        precision = "bf16" if t.precision == "auto" and device.type == "cuda" else t.precision
-        self.precision = Precision("fp32" if precision == "auto" else precision, device)
-        self.checkpoints = CheckpointManager(run_dir / "checkpoints", t.keep_checkpoints)
-
-        step = 0
-        latest = self.checkpoints.latest() if self.resume else None
-        if latest is not None:
-            step = self._restore(latest[1])
-            logger.warning("bert_fast: resumed from %s at step %d", latest[1], step)
-        elif self.resume:
-            logger.warning("bert_fast: --resume: no checkpoint in %s, starting at step 0", run_dir / "checkpoints")
-
-        metrics = MetricsLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if t.tensorboard else None,
-                                enabled=env.is_main)
-        if env.is_main:
-            metrics.truncate_after(step)
-            (run_dir / "config.toml").write_text(config.to_toml())
-            tokenizer.save_pretrained(run_dir / "tokenizer")
-
-        stop = min(t.stop_at, total_steps) if t.stop_at else total_steps
-        progress = Progress(stop, step, enabled=t.progress and env.is_main)
-        summary = {"run_dir": str(run_dir), "start_step": step, "device": str(device),
-                   "precision": self.precision.mode, "impl": model.impl, "world_size": env.world_size,
-                   "model_size": config.model.size, "parameters": sum(p.numel() for p in model.parameters()),
-                   "stores": {str(p.seq_len): str(p.store) for p in phases}}
-        first = last = None  # the first and last training records
-        started, tokens_seen = time.perf_counter(), 0
-        last_eval = {}
-        workers = config.data.num_workers if config.data.num_workers >= 0 else (2 if device.type == "cuda" else 1)
-        profiler = StepProfiler(t.profile_steps, run_dir / "profile", device, enabled=env.is_main)
-
-        for phase in phases:
-            if step >= phase.end or step >= stop:
-                continue
-            dataset = PretrainingBatches(phase.store, "train", phase.micro_batch_size, t.seed, self.masking,
-                                         self.special_ids, tokenizer.vocab_size)
-            indices = micro_batch_indices(step - phase.start, min(phase.end, stop) - phase.start, phase.accumulation,
-                                          env.world_size, env.rank)
-            batches = iter(make_loader(dataset, indices, workers, pin_memory=device.type == "cuda"))
-            flops_per_token = train_flops_per_token(model, model.config.num_hidden_layers, model.config.hidden_size,
-                                                    phase.seq_len)
-            peak = peak_flops(device, self.precision.mode, t.peak_tflops)
-            sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, mlm, nsp, real tokens
-            interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
-
-            while step < min(phase.end, stop):
-                for a in range(phase.accumulation):
-                    with profiler.range("data"):
-                        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-                    with D.no_sync(self.wrapped, skip=a < phase.accumulation - 1):
-                        with self.precision.autocast(), profiler.range("forward"):
-                            out = self.wrapped(**batch)
-                        with profiler.range("backward"):
-                            self.precision.backward(out["loss"] / phase.accumulation)
-                    sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
-                                         out["nsp_loss"].detach().double(),
-                                         batch["attention_mask"].sum().double()])
-                with profiler.range("optimizer"):
-                    clip = (lambda m: D.clip_grad_norm(model.parameters(), m)) if self.sharded else None
-                    grad_norm, stepped = self.precision.step(self.optimizer, model.parameters(), t.max_grad_norm,
-                                                             clip)
-                    if stepped:
-                        self.scheduler.step()
-                    else:
-                        skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                interval_steps += 1
-                profiler.step()
-
-                if step % t.log_every == 0 or step == stop or step == phase.end:
-                    totals = D.all_reduce_sum(sums.clone(), env).tolist()
-                    micro = interval_steps * phase.accumulation * env.world_size
-                    elapsed = time.perf_counter() - interval_start
-                    tokens_per_s = totals[3] / elapsed
-                    record = {"loss": totals[0] / micro, "mlm_loss": totals[1] / micro, "nsp_loss": totals[2] / micro,
-                              "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                              "tokens_per_s": tokens_per_s, "seq_len": phase.seq_len,
-                              "mfu": tokens_per_s * flops_per_token / (peak * env.world_size) if peak else None,
-                              "skipped_steps": skipped}
-                    if self.precision.scaler is not None:
-                        record["loss_scale"] = self.precision.scaler.get_scale()
-                    metrics.log(step, "train", record)
-                    first = first or record
-                    last = record
-                    tokens_seen += int(totals[3])
-                    progress.update(step, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                                    tok_s=f"{tokens_per_s:,.0f}",
-                                    mfu=f"{record['mfu']:.1%}" if record["mfu"] is not None else None)
-                    sums.zero_()
-                    interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
-
-                final = step == stop or step == phase.end  # end of the run, or of a phase
-                if (t.eval_every and step % t.eval_every == 0) or final:
-                    last_eval = self.evaluate(phase)
-                    if last_eval:
-                        metrics.log(step, "eval", last_eval)
-                        progress.write(f"step {step}: eval mlm_acc {last_eval['mlm_accuracy']:.3f} ppl "
-                                       f"{last_eval['perplexity']:.1f} nsp_acc {last_eval['nsp_accuracy']:.3f}")
-                if (t.checkpoint_every and step % t.checkpoint_every == 0) or final:
-                    self._save_checkpoint(step)
-
-        profiler.close()
-        progress.close()
-        elapsed = time.perf_counter() - started
-        finished = step >= total_steps
-        if finished and env.is_main:
-            self._save_final(run_dir)
-        D.barrier(env)
-        metrics.close()
-        losses = {f"{which}_{key}": (rec or {}).get(key) for which, rec in (("first", first), ("last", last))
-                  for key in ("loss", "mlm_loss", "nsp_loss")}
-        summary.update({"end_step": step, "finished": finished, **losses,
-                        "seconds": elapsed, "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else None,
-                        "eval": last_eval, "model_dir": str(run_dir / "model") if finished else None,
-                        "checkpoint": str(self.checkpoints.path(step))})
-        if env.is_main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
-
-    def _save_final(self, run_dir: Path) -> None:
+    def _save_final_model(self) -> None:
         """The final model as a Hugging Face folder: a copy of the last checkpoint's model (written atomically)."""
         latest = self.checkpoints.latest()
-        final = run_dir / "model"
-        tmp = run_dir / ".tmp-model"
+        final = self.run_dir / "model"
+        tmp = self.run_dir / ".tmp-model"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(latest[1] / "model", tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
 
+    # --- what the run reports --------------------------------------------------------------------------
 
-def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
-    """Run (or continue) a pretraining run; returns its summary."""
+    def _interrupted(self) -> str:
+        """Ctrl-C: where the run stands and how to continue it."""
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return (f"interrupted at step {self.step}, before the first checkpoint (train.checkpoint_every="
+                    f"{self.config.train.checkpoint_every}): there is nothing to resume in {self.run_dir}")
+        return (f"interrupted at step {self.step}; the last checkpoint is {latest[1]} (step {latest[0]}). "
+                f"Continue with: bert-fast pretrain --out {self.run_dir} --resume")
+
+    def _summary(self, seconds: float) -> dict:
+        losses = {f"{which}_{key}": (rec or {}).get(key)
+                  for which, rec in (("first", self.first_record), ("last", self.last_record))
+                  for key in ("loss", "mlm_loss", "nsp_loss")}
+        summary = {
+            "run_dir": str(self.run_dir), "start_step": self.start_step, "device": str(self.device),
+            "precision": self.precision.mode, "impl": self.model.impl, "world_size": self.env.world_size,
+            "model_size": self.config.model.size, "parameters": sum(p.numel() for p in self.model.parameters()),
+            "stores": {str(p.seq_len): str(p.store) for p in self.phases},
+            "end_step": self.step, "finished": self.finished, **losses, "seconds": seconds,
+            "tokens_per_s": self.tokens_seen / seconds if seconds > 0 else None, "eval": self.last_eval,
+            "model_dir": str(self.run_dir / "model") if self.finished else None,
+            "checkpoint": str(self.checkpoints.path(self.step)),
+        }
+        if self.env.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def default_run_dir(config: PretrainConfig) -> Path:
+    if config.out:
+        return Path(config.out)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"pretrain-{config.model.size}-{stamp}"
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run (or, with resume, continue) a pretraining run; returns its summary.
+
+    A run folder holding another run is refused unless `resume` continues it or `overwrite` replaces it.
+    """
     if config.data.seq_len < 8:
         raise DataError(f"seq_len must be at least 8, got {config.data.seq_len}")
-    return Pretrainer(config, resume).run()
+    env = D.init_distributed(resolve_device(config.train.device).type)
+    try:
+        run_dir = Path(D.broadcast_object(str(default_run_dir(config)), env))
+        with run_folder(run_dir, RUN_OUTPUTS, resume, overwrite, is_main=env.is_main):
+            D.barrier(env)
+            return Pretrainer(config, env, run_dir, resume).train()
+    finally:
+        D.shutdown(env)

@@ -5,7 +5,8 @@ import torch
 from bert_fast.data.loader import PretrainingBatches, make_loader, micro_batch_indices
 from bert_fast.data.masking import MaskingSettings
 from bert_fast.data.prepare import cached_store, cached_tokenizer
-from bert_fast.data.store import DataError, ExampleSettings
+from bert_fast.data.store import ExampleSettings
+from bert_fast.errors import DataError
 
 
 @pytest.fixture(scope="module")

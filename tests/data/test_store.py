@@ -6,7 +6,8 @@ import pytest
 from bert_fast.data import store as store_lib
 from bert_fast.data.corpus import read_documents
 from bert_fast.data.examples import tokenize_documents
-from bert_fast.data.store import DataError, ExampleSettings, ExampleStore, write_store
+from bert_fast.data.store import ExampleSettings, ExampleStore, write_store
+from bert_fast.errors import DataError
 
 SETTINGS = ExampleSettings(max_seq_len=48, dupe_factor=2, eval_fraction=0.1, shard_examples=150, seed=3)
 

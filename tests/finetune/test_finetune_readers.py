@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bert_fast.finetune.issues import DataError
+from bert_fast.errors import DataError
 from bert_fast.finetune.readers import read_conll, read_swag, read_table
 
 
@@ -37,6 +37,19 @@ def test_cola_without_header_by_column_index(tmp_path):
     rows = read_table(path, text_columns=["3"], label_column="1", header=False)
     assert rows[0].texts == ("The sailors rode the breeze clear of the rocks.",)
     assert [r.label for r in rows] == ["1", "0"]
+
+
+def test_a_table_without_header_read_with_one_gets_a_hint(tmp_path):
+    path = write(tmp_path / "cola.tsv", "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n"
+                                        "gj04\t0\t*\tThe more we study verbs, the crazier they get get.\n")
+    hint = "its first row looks like data, not a header: if the file has no header row, pass --no-header"
+    with pytest.raises(DataError, match=f"cannot tell the text column.*; {hint}"):
+        read_table(path)
+    with pytest.raises(DataError, match=f"no column 'sentence'.*; {hint}"):
+        read_table(path, text_columns=["sentence"], label_column="label")
+    headed = write(tmp_path / "sst.tsv", "sentence\tlabel\nfine words\t1\n")
+    with pytest.raises(DataError, match=r"no column 'text'; its columns are \['sentence', 'label'\]$"):
+        read_table(headed, text_columns=["text"])  # a real header: no hint
 
 
 def test_csv_jsonl_and_compressed(tmp_path):

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 import tests.finetune.finetune_fixtures as fx
 from bert_fast import cli
+from bert_fast.errors import ResumeError
 from bert_fast.finetune import FinetuneConfig, finetune
-from bert_fast.finetune.resume import ResumeError
 
 # 21 sentences in steps of 8: 3 steps an epoch, the last of 5; two epochs
 RECIPE = {"epochs": 2, "batch_size": 8, "eval_batch_size": 4, "lr": 1e-3, "warmup": 0.25, "max_length": 32,
@@ -64,7 +64,7 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(tiny_model, data,
 def test_bad_resumes_are_clear_errors(tiny_model, data, tmp_path):
     out = tmp_path / "run"
     finetune(FinetuneConfig("tag", tiny_model, *data, out=out, stop_at=2, **RECIPE))
-    with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run: pass --resume"):
+    with pytest.raises(FileExistsError, match="already holds a run .*: pass --resume to continue it, --overwrite"):
         finetune(FinetuneConfig("tag", tiny_model, *data, out=out, **RECIPE))
     with pytest.raises(ResumeError, match=r"settings that decide each step changed \(lr: 0.001 -> 0.002\)"):
         finetune(FinetuneConfig("tag", tiny_model, *data, out=out, resume=True, **{**RECIPE, "lr": 2e-3}))
@@ -85,3 +85,53 @@ def test_cli_stop_and_resume(tiny_model, data, tmp_path, capsys):
     assert cli.main([*args, "--resume"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["task"] == "tag" and printed["best_epoch"] == 1
+
+
+def test_cli_resume_reads_the_runs_own_settings(tiny_model, data, tmp_path, caplog):
+    """`finetune TASK --out RUN --resume` alone continues the run with the settings it started with; flags given
+    again must agree, except the total steps (said out loud) and settings that change no step."""
+    train, dev = data
+    out = tmp_path / "run"
+    args = ["finetune", "tag", "--model", str(tiny_model), "--train", str(train), "--dev", str(dev), "--out", str(out),
+            "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--warmup", "0.25", "--max-length", "32",
+            "--eval-batch-size", "4", "--impl", "reference", "--device", "cpu", "--checkpoint-every", "2"]
+    assert cli.main([*args, "--stop-at", "4"]) == 0
+    with pytest.raises(SystemExit, match=r"cannot resume with other settings: lr \(the run has 0.001, this command "
+                                         r"gives 0.01\)"):
+        cli.main(["finetune", "tag", "--out", str(out), "--resume", "--lr", "1e-2"])
+    with pytest.raises(SystemExit, match=r"task \(the run has 'tag', this command gives 'classify'\)"):
+        cli.main(["finetune", "classify", "--out", str(out), "--resume"])
+    assert cli.main(["finetune", "tag", "--out", str(out), "--resume", "--eval-batch-size", "8"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    straight_out = tmp_path / "straight"
+    assert cli.main([*args[:9], str(straight_out), *args[10:]]) == 0
+    straight = json.loads((straight_out / "metrics.json").read_text())
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
+    # one more epoch: the total steps change, and the run says what that means
+    caplog.clear()
+    assert cli.main([*args, "--resume", "--epochs", "3", "--stop-at", "7"]) == 0
+    assert "resuming with epochs: 2 -> 3 (the total steps" in caplog.text
+    with pytest.raises(SystemExit, match="--train and --dev required"):
+        cli.main(["finetune", "tag", "--out", str(tmp_path / "new")])
+
+
+def test_finetune_and_predict_refuse_to_overwrite_a_run_without_overwrite(tiny_model, data, tmp_path):
+    train, dev = data
+    out = tmp_path / "run"
+    args = ["finetune", "tag", "--model", str(tiny_model), "--train", str(train), "--dev", str(dev), "--out", str(out),
+            "--batch-size", "8", "--max-length", "32", "--impl", "reference"]
+    assert cli.main([*args, "--epochs", "2"]) == 0
+    best = (out / "best" / "model.safetensors").read_bytes()
+    metrics = (out / "metrics.json").read_text()
+    with pytest.raises(SystemExit, match="already holds a run .*pass --resume to continue it, --overwrite to replace"):
+        cli.main([*args, "--max-steps", "1"])
+    assert (out / "best" / "model.safetensors").read_bytes() == best and (out / "metrics.json").read_text() == metrics
+    assert cli.main([*args, "--max-steps", "1", "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"][0]["steps"] == 1
+
+    predicted = tmp_path / "predicted"
+    predict = ["predict", "tag", "--model", str(out / "best"), "--input", str(dev), "--out", str(predicted)]
+    assert cli.main(predict) == 0
+    with pytest.raises(SystemExit, match=r"already holds a run \(metrics_dev.json, predictions_dev.conll\)"):
+        cli.main(predict)
+    assert cli.main([*predict, "--overwrite"]) == 0

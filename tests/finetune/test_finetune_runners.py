@@ -4,6 +4,7 @@ the best checkpoint in Hugging Face format, writes predictions and metrics, and 
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -46,22 +47,34 @@ def test_classify_sentences_learns_and_writes_glue_predictions(tiny_model, tmp_p
     summary = run("classify", tiny_model, out, train, dev, test, epochs=8)
     check_run_folder(out, summary)
     assert summary["dev"]["accuracy"] >= 0.9, summary["epochs"]
-    assert set(summary["dev"]) == {"accuracy", "f1", "f1_macro", "mcc"}
+    assert set(summary["dev"]) == {"accuracy", "f1", "f1_macro", "mcc", "f1_positive_label"}
+    assert summary["dev"]["f1_positive_label"] == "1"  # binary F1 says which label it counts as positive
     assert "test" in summary and summary["test"] is None  # unlabelled: predictions only
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1"} and config["architectures"] == ["BertForSequenceClassification"]
     rows = list(csv.reader((out / "predictions_test.tsv").open(), delimiter="\t"))
-    assert rows[0] == ["index", "prediction"] and len(rows) == 11 and {r[1] for r in rows[1:]} <= {"0", "1"}
+    assert rows[0] == ["index", "prediction", "p(0)", "p(1)", "text"] and len(rows) == 11
+    assert {r[1] for r in rows[1:]} <= {"0", "1"}
+    texts = [line.split("\t")[1] for line in test.read_text().splitlines()[1:]]  # GLUE test: index, sentence
+    assert [r[4] for r in rows[1:]] == texts  # each prediction beside its text
+    for r in rows[1:]:  # the probabilities sum to one, and the prediction is the likelier label
+        p0, p1 = float(r[2]), float(r[3])
+        assert abs(p0 + p1 - 1) < 1e-3 and r[1] == ("1" if p1 > p0 else "0")
     dev_rows = list(csv.reader((out / "predictions_dev.tsv").open(), delimiter="\t"))[1:]
     gold = [line.split("\t")[1] for line in dev.read_text().splitlines()[1:]]
     accuracy = sum(p[1] == g for p, g in zip(dev_rows, gold)) / len(gold)
     assert accuracy == pytest.approx(summary["dev"]["accuracy"])
 
 
-def test_classify_pairs_jsonl_and_regression(tiny_model, tmp_path):
+def test_classify_sentence_pairs_mrpc(tiny_model, tmp_path):
     mrpc = fx.write_mrpc(tmp_path / "mrpc.tsv", 40, seed=1)
     summary = run("classify", tiny_model, tmp_path / "pairs", mrpc, mrpc, epochs=1, max_steps=2)
     assert {"accuracy", "f1", "mcc"} <= set(summary["dev"])
+    rows = list(csv.reader((tmp_path / "pairs" / "predictions_dev.tsv").open(), delimiter="\t"))
+    assert rows[0][-2:] == ["text", "text_b"]  # both texts of each pair beside its prediction
+
+
+def test_classify_jsonl_and_a_fine_tuned_checkpoint_keeps_its_label_order(tiny_model, tmp_path):
     jsonl = fx.write_jsonl(tmp_path / "d.jsonl", 40, seed=1)
     summary = run("classify", tiny_model, tmp_path / "jsonl", jsonl, jsonl, epochs=1, max_steps=2)
     config = json.loads((tmp_path / "jsonl" / "best" / "config.json").read_text())
@@ -74,16 +87,27 @@ def test_classify_pairs_jsonl_and_regression(tiny_model, tmp_path):
     after = load_file(tmp_path / "again" / "best" / "model.safetensors")["classifier.weight"]
     assert (after - before).abs().max() < 1e-4  # one step at lr 1e-6 from the same weights
     assert again["dev"]["accuracy"] == pytest.approx(summary["dev"]["accuracy"], abs=0.05)
+
+
+def test_labels_flag_sets_the_order_of_a_fresh_classifier(tiny_model, tmp_path):
+    jsonl = fx.write_jsonl(tmp_path / "d.jsonl", 40, seed=1)
     run("classify", tiny_model, tmp_path / "flip", jsonl, jsonl, epochs=1, max_steps=1, labels=["pos", "neg"])
     assert json.loads((tmp_path / "flip" / "best" / "config.json").read_text())["id2label"] == {"0": "pos", "1": "neg"}
+
+
+def test_regression_stsb_writes_scores(tiny_model, tmp_path):
     stsb = fx.write_stsb(tmp_path / "sts.tsv", 40, seed=1)
     summary = run("classify", tiny_model, tmp_path / "sts", stsb, stsb, epochs=1, max_steps=2, regression=True,
                   lr=1e-4)
     assert {"pearson", "spearman", "mse"} <= set(summary["dev"])
     config = json.loads((tmp_path / "sts" / "best" / "config.json").read_text())
     assert config["problem_type"] == "regression" and config["id2label"] == {"0": "score"}
-    rows = (tmp_path / "sts" / "predictions_dev.tsv").read_text().splitlines()[1:]
-    assert all(float(r.split("\t")[1]) == float(r.split("\t")[1]) for r in rows)  # numbers, not labels
+    rows = [r.split("\t") for r in (tmp_path / "sts" / "predictions_dev.tsv").read_text().splitlines()[1:]]
+    scores = np.array([float(r[1]) for r in rows])  # numbers, not labels
+    gold = np.array([float(line.split("\t")[-1]) for line in stsb.read_text().splitlines()[1:]])
+    assert len(scores) == len(gold) == 40 and np.isfinite(scores).all()
+    # the written scores are the ones the metrics were computed from
+    assert np.corrcoef(scores, gold)[0, 1] == pytest.approx(summary["dev"]["pearson"], abs=1e-4)
 
 
 def test_tag_learns_and_windows_long_sentences(tiny_model, tmp_path):
@@ -207,7 +231,7 @@ def test_tags_unseen_in_training_are_counted_not_fatal(tiny_model, tmp_path):
     assert "B-CITY" in kind and summary["warnings"][kind]["count"] == 1
     assert summary["dev"]["per_type"]["CITY"]["f1"] == 0.0
     with pytest.raises(DataError, match=r"train.conll:1: tags \['B-LOC'\] are not among the labels"):
-        run("tag", tiny_model, out, train, dev, labels=["O", "B-PER", "I-PER"])
+        run("tag", tiny_model, tmp_path / "other", train, dev, labels=["O", "B-PER", "I-PER"])
 
 
 def test_cli_finetune_and_its_errors(tiny_model, tmp_path, capsys):
@@ -222,7 +246,8 @@ def test_cli_finetune_and_its_errors(tiny_model, tmp_path, capsys):
     assert config["batch_size"] == 8 and config["seed"] == 3 and config["lr"] == FinetuneConfig.lr
     with pytest.raises(SystemExit, match="bert-fast finetune: .*no column 'nope'"):
         cli.main(["finetune", "classify", "--model", str(tiny_model), "--train", str(train), "--dev", str(train),
-                  "--out", str(out), "--text-columns", "nope"])
+                  "--out", str(tmp_path / "other"), "--text-columns", "nope"])
+    assert not (tmp_path / "other").exists()  # a run that failed before writing anything leaves no folder
 
 
 def test_config_rejects_bad_settings(tmp_path):

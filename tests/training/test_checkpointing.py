@@ -2,7 +2,8 @@ import errno
 
 import pytest
 
-from bert_fast.training.checkpointing import CheckpointManager, CheckpointWriteError
+from bert_fast.errors import CheckpointWriteError
+from bert_fast.training.checkpointing import CheckpointManager
 
 
 def _writer(payload: bytes):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bert_fast.cli import main
-from bert_fast.data.store import DataError
+from bert_fast.errors import DataError, ResumeError
 from bert_fast.training.metrics import read_metrics
-from bert_fast.training.trainer import ResumeError, pretrain
+from bert_fast.training.trainer import pretrain
 
 
 def _train_losses(run_dir) -> dict[int, float]:
@@ -66,9 +66,14 @@ def test_an_existing_run_is_not_overwritten(tiny_config):
     tiny_config.train.steps = 1
     pretrain(tiny_config)
     before = (Path(tiny_config.out) / "metrics.jsonl").read_text()
-    with pytest.raises(FileExistsError, match="already holds a run: pass --resume"):
+    with pytest.raises(FileExistsError, match="already holds a run .*: pass --resume to continue it, --overwrite"):
         pretrain(tiny_config)
     assert (Path(tiny_config.out) / "metrics.jsonl").read_text() == before
+    # --overwrite replaces it: the old run's checkpoints do not survive into the new one
+    tiny_config.train.steps = 2
+    tiny_config.train.checkpoint_every = 0
+    assert pretrain(tiny_config, overwrite=True)["end_step"] == 2
+    assert sorted(p.name for p in (Path(tiny_config.out) / "checkpoints").iterdir()) == ["step-00000002"]
 
 
 def test_corpus_too_small_for_a_batch(tiny_config, tmp_path):
@@ -128,51 +133,64 @@ def test_precision_fp16_skip_leaves_weights_unchanged():
     assert stepped and not all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
 
 
-def test_cli_runs_and_saves_a_model_transformers_loads(corpus_file, cache_dir, tmp_path, capsys):
-    out = tmp_path / "cli-run"
+@pytest.fixture(scope="module")
+def cli_run(corpus_file, cache_dir, tmp_path_factory):
+    """One 16-step run through the command line, shared by the tests that read what it wrote."""
+    out = tmp_path_factory.mktemp("cli") / "run"
     code = main(["pretrain", "--corpus", str(corpus_file), "--model", "tiny", "--vocab-size", "400", "--seq-len", "64",
                  "--batch-size", "8", "--steps", "16", "--lr", "2e-3", "--out", str(out),
                  "--set", f"data.cache_dir=\"{cache_dir}\"", "--set", "data.num_workers=0", "--set", "train.log_every=2",
                  "--set", "train.eval_every=8", "--set", "train.eval_batches=2", "--set", "train.progress=false"])
     assert code == 0
-    printed = capsys.readouterr().out
-    assert "pretraining finished at step 16" in printed and str(out / "model") in printed
+    return out
+
+
+def test_cli_run_folder_holds_config_metrics_checkpoints_and_model(cli_run):
     for name in ("config.toml", "metrics.jsonl", "summary.json", "tokenizer/vocab.txt", "model/config.json",
-                 "model/model.safetensors", "model/tokenizer.json", "checkpoints/step-00000016/trainer_state.pt"):
-        assert (out / name).exists(), name
-    summary = json.loads((out / "summary.json").read_text())
+                 "model/model.safetensors", "model/tokenizer.json", "checkpoints/step-00000016/state.pt"):
+        assert (cli_run / name).exists(), name
+    summary = json.loads((cli_run / "summary.json").read_text())
+    assert summary["end_step"] == 16 and summary["finished"] and summary["model_dir"] == str(cli_run / "model")
+
+
+def test_cli_run_loss_falls_and_is_evaluated_on_schedule(cli_run):
+    summary = json.loads((cli_run / "summary.json").read_text())
     assert summary["last_loss"] < summary["first_loss"] - 0.3  # the MLM+NSP loss falls
-    evals = [r for r in read_metrics(out) if r["split"] == "eval"]
+    evals = [r for r in read_metrics(cli_run) if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [8, 16]
     assert 0 <= evals[-1]["mlm_accuracy"] <= 1 and evals[-1]["perplexity"] > 1
 
-    # The resolved config reads back as the same config.
+
+def test_cli_run_config_reads_back_as_the_same_config(cli_run, corpus_file):
     from bert_fast.training.config import PretrainConfig
 
-    resolved = PretrainConfig.from_file(out / "config.toml")
+    resolved = PretrainConfig.from_file(cli_run / "config.toml")
     assert resolved.train.steps == 16 and resolved.model.size == "tiny" and resolved.data.corpus == [str(corpus_file)]
 
-    # transformers loads the model folder and computes what our model computes.
+
+def test_transformers_loads_the_trained_model_and_computes_the_same(cli_run):
     transformers = pytest.importorskip("transformers")
     from bert_fast import BertForPreTraining, BertTokenizer
 
-    hf = transformers.BertForPreTraining.from_pretrained(out / "model").eval()
-    ours = BertForPreTraining.from_pretrained(out / "model", impl="reference").eval()
-    hf_tok = transformers.BertTokenizerFast.from_pretrained(out / "model")
+    hf = transformers.BertForPreTraining.from_pretrained(cli_run / "model").eval()
+    ours = BertForPreTraining.from_pretrained(cli_run / "model", impl="reference").eval()
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(cli_run / "model")
     texts = ["Kalo mine of the zeru.", "The sati was gilhax."]
-    batch = BertTokenizer.from_pretrained(out / "model")(texts)
+    batch = BertTokenizer.from_pretrained(cli_run / "model")(texts)
     assert batch["input_ids"].tolist() == hf_tok(texts, padding=True)["input_ids"]
     with torch.no_grad():
         expected = hf(**batch)
         got = ours(**batch)
-    real = batch["attention_mask"].bool()  # logits at padding are not defined the same way
+    real = batch["attention_mask"].bool()  # logits at padding: transformers' belong to no token, ours are zeros
     assert not real.all()
     torch.testing.assert_close(got.prediction_logits[real], expected.prediction_logits[real], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.seq_relationship_logits, expected.seq_relationship_logits, rtol=1e-4, atol=1e-4)
 
-    # `bert-fast plot` renders the curves.
-    assert main(["plot", str(out)]) == 0
-    png = out / "curves.png"
+
+def test_cli_plot_renders_the_curves(cli_run):
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(cli_run)]) == 0
+    png = cli_run / "curves.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -184,6 +202,68 @@ def test_cli_runs_and_saves_a_model_transformers_loads(corpus_file, cache_dir, t
 def test_cli_bad_input_is_a_clear_error(argv, message, tmp_path, cache_dir):
     with pytest.raises(SystemExit, match=message):
         main(["pretrain", "--out", str(tmp_path / "r"), "--set", f"data.cache_dir=\"{cache_dir}\"", *argv])
+    assert not (tmp_path / "r").exists()  # a failed run leaves no empty folder behind
+
+
+def _cli_run(corpus_file, cache_dir, out, *extra) -> list[str]:
+    """A 6-step BERT-tiny run at sequence length 32 with checkpoints every 2 steps: every setting off its default,
+    so a resume that fell back to the defaults could not go unnoticed."""
+    return ["pretrain", "--corpus", str(corpus_file), "--model", "tiny", "--vocab-size", "400", "--seq-len", "32",
+            "--batch-size", "8", "--steps", "6", "--lr", "2e-3", "--out", str(out),
+            "--set", f"data.cache_dir=\"{cache_dir}\"", "--set", "data.num_workers=0", "--set", "train.log_every=1",
+            "--set", "train.eval_every=0", "--set", "train.checkpoint_every=2", "--set", "train.progress=false",
+            "--set", "train.tensorboard=false", *extra]
+
+
+def test_ctrl_c_says_how_to_resume_and_resume_reads_the_runs_own_settings(corpus_file, cache_dir, tmp_path,
+                                                                           monkeypatch, capsys):
+    from bert_fast.training.trainer import Pretrainer
+
+    straight = tmp_path / "straight"
+    assert main(_cli_run(corpus_file, cache_dir, straight)) == 0
+
+    out = tmp_path / "run"
+    step = Pretrainer._train_step
+
+    def ctrl_c_at_step_5(self, *args):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(Pretrainer, "_train_step", ctrl_c_at_step_5)
+    with pytest.raises(SystemExit) as stopped:
+        main(_cli_run(corpus_file, cache_dir, out))
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted at step 4; the last checkpoint is {out / 'checkpoints' / 'step-00000004'} (step 4). "
+            f"Continue with: bert-fast pretrain --out {out} --resume") in err
+    monkeypatch.setattr(Pretrainer, "_train_step", step)
+
+    # The command the message gives: no other flag. The run continues with its own settings, exactly.
+    assert main(["pretrain", "--out", str(out), "--resume"]) == 0
+    assert _train_losses(out) == _train_losses(straight)
+    assert (out / "config.toml").read_text() == (straight / "config.toml").read_text().replace(str(straight), str(out))
+
+
+def test_cli_resume_refuses_other_settings_but_takes_more_steps_out_loud(corpus_file, cache_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli_run(corpus_file, cache_dir, out, "--set", "train.stop_at=2")) == 0
+    config_before = (out / "config.toml").read_text()
+    with pytest.raises(SystemExit, match=r"cannot resume with other settings: data.seq_len \(the run has 32, this "
+                                         r"command gives 64\); train.lr \(the run has 0.002, this command gives 0.01\)"):
+        main(["pretrain", "--out", str(out), "--resume", "--seq-len", "64", "--set", "train.lr=1e-2"])
+    assert (out / "config.toml").read_text() == config_before  # refused before anything was written
+    capsys.readouterr()
+    # the same settings given again are fine; the total steps may change, and the run says what that means
+    assert main(["pretrain", "--out", str(out), "--resume", "--seq-len", "32", "--steps", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with train.steps: 6 -> 8 (the total steps: the learning rate now decays" in err
+    train = [r for r in read_metrics(out) if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 9)) and train[-1]["lr"] == 0.0
+    with pytest.raises(SystemExit, match="--resume needs --out RUN_DIR"):
+        main(["pretrain", "--resume"])
+    with pytest.raises(SystemExit, match="holds no config.toml: there is no run to resume there"):
+        main(["pretrain", "--resume", "--out", str(tmp_path / "nothing")])
 
 
 def test_print_config_shows_the_embedded_default(capsys):
@@ -205,11 +285,9 @@ def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
         main(["tokenizer", "train", "--corpus", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "t2")])
 
 
-def test_two_phases_lamb_and_whole_word_masking(tiny_config):
+def test_two_phases_each_evaluated_under_one_schedule(tiny_config):
     """Phase 1 at seq len 32, then phase 2 at 64 with a smaller batch; one schedule over both phases."""
     tiny_config.data.seq_len = 32
-    tiny_config.data.whole_word_masking = True
-    tiny_config.train.optimizer = "lamb"
     tiny_config.train.steps = 3
     tiny_config.train.warmup_steps = 1
     tiny_config.train.eval_every = 0
@@ -226,6 +304,22 @@ def test_two_phases_lamb_and_whole_word_masking(tiny_config):
     evals = [r for r in read_metrics(tiny_config.out) if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [3, 5]  # each phase ends with an evaluation on its own held-out split
     assert set(summary["stores"]) == {"32", "64"}
+
+
+@pytest.mark.parametrize("setting, value, lr", [("train.optimizer", "lamb", 2e-2),  # LAMB's trust ratio: larger lr
+                                                ("data.whole_word_masking", True, 5e-3)],
+                         ids=["lamb", "whole-word-masking"])
+def test_training_option_runs_and_learns(tiny_config, setting, value, lr):
+    tiny_config.set(setting, value)
+    tiny_config.data.seq_len = 32
+    tiny_config.train.steps = 16
+    tiny_config.train.lr = lr
+    tiny_config.train.eval_every = 0
+    tiny_config.train.checkpoint_every = 0
+    summary = pretrain(tiny_config)
+    losses = [r["mlm_loss"] for r in read_metrics(tiny_config.out) if r["split"] == "train"]
+    assert summary["finished"] and len(losses) == 16
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1  # the MLM loss falls (from ln(400) ~ 6)
 
 
 def test_full_disk_during_a_checkpoint(tiny_config, monkeypatch, capsys):

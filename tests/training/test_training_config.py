@@ -1,6 +1,7 @@
 import pytest
 
-from bert_fast.training.config import ConfigFileError, PretrainConfig
+from bert_fast.errors import ConfigFileError
+from bert_fast.training.config import PretrainConfig
 
 
 def test_toml_round_trip(tmp_path):
