@@ -14,7 +14,7 @@ import torch
 
 from ..embeddings import POOLINGS, embed
 from ..modeling import BertModel
-from ..tokenizer import BertTokenizer
+from ..tokenizer import Tokenizer
 
 
 def default_model_dir() -> Path:
@@ -52,7 +52,7 @@ def run(args) -> int:
     model_dir = args.model or default_model_dir()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     model = BertModel.from_pretrained(model_dir, impl=args.impl, dtype=dtype, device=args.device)
-    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
     vectors = embed(model, tokenizer, texts, args.pooling, args.batch_size, args.max_length, args.normalize)
     if args.output:
         np.save(args.output, vectors)

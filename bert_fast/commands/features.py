@@ -46,7 +46,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..finetune.features import extract_features
     from ..modeling import BertModel
-    from ..tokenizer import BertTokenizer
+    from ..tokenizer import Tokenizer
     from .encode import default_model_dir
 
     texts = list(args.texts)
@@ -60,7 +60,7 @@ def run(args) -> int:
     model_dir = args.model or default_model_dir()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     model = BertModel.from_pretrained(model_dir, impl=args.impl, dtype=dtype, device=args.device)
-    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
     try:
         features, ids = extract_features(model, tokenizer, texts, _layers(args.layers), args.pooling, args.combine,
                                          weights, args.batch_size, args.max_length)

@@ -35,7 +35,7 @@ import torch
 
 from ..checkpoint import read_config
 from ..ops import resolve
-from ..tokenizer import BertTokenizer
+from ..tokenizer import Tokenizer
 from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
@@ -275,7 +275,7 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
                        env.world_size, accumulation, cfg.batch_size // (accumulation * env.world_size))
     issues = Issues()
 
-    tokenizer = BertTokenizer.from_pretrained(cfg.model)
+    tokenizer = Tokenizer.from_pretrained(cfg.model)
     task = TASKS[cfg.task](cfg, tokenizer, issues, model_config=read_config(cfg.model))
     train = task.load(cfg.train, "train")
     dev = task.load(cfg.dev, "dev")
@@ -396,7 +396,7 @@ def predict_file(cfg: FinetuneConfig, path: Path) -> dict:
     if cfg.task == "classify":
         cfg = dataclasses.replace(cfg, regression=model_config.problem_type == "regression")
     issues = Issues()
-    tokenizer = BertTokenizer.from_pretrained(cfg.model)
+    tokenizer = Tokenizer.from_pretrained(cfg.model)
     task = TASKS[cfg.task](cfg, tokenizer, issues, model_config=model_config)
     task.use_checkpoint_labels()
     split = dataclasses.replace(task.load(path, "test"), name=Path(path).stem)  # labels optional, as for a test file
