@@ -213,6 +213,10 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def tokenize_ids(self, text: str) -> list[int]:
+        """Piece ids of one text, without special tokens."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
     def word_pieces(self, words: Sequence[str]) -> list[list[int]]:
         """The piece ids of each word of an already split text, spelled as inside a sentence."""
         texts = [" " + w for w in words] if self._space_before_words else list(words)
