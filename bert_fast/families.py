@@ -54,10 +54,12 @@ class Family:
     pooler: bool = True  # the bare encoder carries a pooler (ELECTRA and DistilBERT have none)
     embedding_projection: bool = False  # ELECTRA: embeddings of embedding_size, widened by embeddings_project
     attention_output_dropout: bool = True  # DistilBERT adds the attention output to its input without dropout
-    # config.json keys of this family -> BertConfig fields (DistilBERT's own names), and transformers' defaults for
-    # keys a config.json may leave out.
+    # config.json keys of this family -> BertConfig fields (DistilBERT's own names); transformers' defaults for
+    # BertConfig fields a config.json may leave out; and for the family's own settings the heads read (kept in
+    # BertConfig.extra as the config.json has them).
     config_keys: dict[str, str] = field(default_factory=dict)
     config_defaults: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
     # Key renames between our module tree (BERT's names) and the family's, as (ours, theirs) templates where
     # "{i}" stands for a layer index: inside the encoder, and inside a masked-LM model.
     encoder_names: tuple[tuple[str, str], ...] = ()
@@ -101,7 +103,7 @@ _ROBERTA_MLM = (
 def _roberta_like(model_type: str, prefix: str, class_prefix: str, vocab_size: int) -> Family:
     return Family(
         model_type=model_type, prefix=prefix, class_prefix=class_prefix, positions="after_padding",
-        config_defaults={"pad_token_id": 1, "vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 2},
+        config_defaults={"pad_token_id": 1, "vocab_size": vocab_size},
         mlm_names=_ROBERTA_MLM, mlm_tied_keys=("lm_head.decoder.weight", "lm_head.decoder.bias"),
         mlm_activation="gelu", sequence_head="dense_tanh", choice_dropout="hidden_dropout_prob",
     )
@@ -115,8 +117,9 @@ FAMILIES: dict[str, Family] = {
     "electra": Family(
         "electra", "electra", "Electra", pooler=False, embedding_projection=True,
         config_defaults={"embedding_size": 128, "hidden_size": 256, "num_attention_heads": 4,
-                         "intermediate_size": 1024, "summary_type": "first", "summary_use_proj": True,
-                         "summary_activation": "gelu", "summary_last_dropout": 0.1},
+                         "intermediate_size": 1024},
+        settings={"summary_type": "first", "summary_use_proj": True, "summary_activation": "gelu",
+                  "summary_last_dropout": 0.1},
         encoder_parts=("embeddings.", "embeddings_project.", "encoder."),
         mlm_names=(("cls.predictions.transform.dense.", "generator_predictions.dense."),
                    ("cls.predictions.transform.LayerNorm.", "generator_predictions.LayerNorm."),
@@ -131,7 +134,8 @@ FAMILIES: dict[str, Family] = {
                      "hidden_dim": "intermediate_size", "dropout": "hidden_dropout_prob",
                      "attention_dropout": "attention_probs_dropout_prob", "activation": "hidden_act"},
         config_defaults={"hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
-                         "intermediate_size": 3072, "qa_dropout": 0.1, "seq_classif_dropout": 0.2},
+                         "intermediate_size": 3072},
+        settings={"qa_dropout": 0.1, "seq_classif_dropout": 0.2},
         encoder_names=(
             ("encoder.layer.{i}.attention.self.query.", "transformer.layer.{i}.attention.q_lin."),
             ("encoder.layer.{i}.attention.self.key.", "transformer.layer.{i}.attention.k_lin."),

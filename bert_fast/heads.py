@@ -70,7 +70,7 @@ def _classifier_dropout(config: BertConfig) -> nn.Dropout:
 def family_setting(config: BertConfig, name: str):
     """A family's own setting (DistilBERT's seq_classif_dropout, ELECTRA's summary_type ...): the config.json's
     value, else transformers' default."""
-    return config.extra.get(name, config.family.config_defaults.get(name))
+    return config.extra.get(name, config.family.settings.get(name))
 
 
 _ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}

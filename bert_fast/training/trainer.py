@@ -34,7 +34,7 @@ from ..data.loader import PretrainingBatches, make_loader, micro_batch_indices
 from ..data.masking import MaskingSettings
 from ..data.prepare import cached_store, cached_tokenizer
 from ..data.store import DataError, ExampleSettings
-from ..modeling import BertForPreTraining
+from ..modeling import BertForMaskedLM, BertForPreTraining
 from ..tokenizer import BertTokenizer
 from . import distributed as D
 from .checkpointing import CheckpointManager
@@ -145,26 +145,36 @@ class Pretrainer:
         data = self.config.data
         for seq_len in sorted({p.seq_len for p in phases}):
             settings = ExampleSettings(seq_len, data.short_seq_prob, data.dupe_factor, data.eval_fraction,
-                                       data.shard_examples, self.config.train.seed)
+                                       data.shard_examples, self.config.train.seed,
+                                       random_next=self.config.train.objective == "mlm_nsp")
             folder = self._node_first(lambda s=settings: cached_store(
                 data.corpus or None, tokenizer, s, data.cache_dir or None, data.split_sentences))
             for p in phases:
                 if p.seq_len == seq_len:
                     p.store = folder
 
-    def _build_model(self, tokenizer: BertTokenizer) -> BertForPreTraining:
-        m = self.config.model
+    def _build_model(self, tokenizer: BertTokenizer) -> BertForPreTraining | BertForMaskedLM:
+        m, objective = self.config.model, self.config.train.objective
+        if objective not in ("mlm_nsp", "mlm"):
+            raise ValueError(f"train.objective={objective!r} is not one of mlm_nsp, mlm")
+        if objective == "mlm_nsp" and m.model_type != "bert":
+            raise ValueError(f"next sentence prediction is BERT's objective; model_type={m.model_type!r} pretrains "
+                             "with --objective mlm")
+        family = {"model_type": m.model_type}
+        if m.model_type in ("roberta", "xlm-roberta", "camembert"):
+            family["type_vocab_size"] = 1
         bert_config = BertConfig.preset(
             m.size, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-            max_position_embeddings=m.max_position_embeddings,
+            max_position_embeddings=m.max_position_embeddings, **family,
         )
         longest = max(p.seq_len for p in self.phases)
-        if longest > bert_config.max_position_embeddings:
-            raise ValueError(f"seq_len {longest} exceeds the model's max_position_embeddings="
-                             f"{bert_config.max_position_embeddings}")
+        if longest > bert_config.family.max_sequence_length(bert_config):
+            raise ValueError(f"seq_len {longest} exceeds the {bert_config.family.max_sequence_length(bert_config)} "
+                             f"positions of max_position_embeddings={bert_config.max_position_embeddings}")
+        model_class = BertForPreTraining if objective == "mlm_nsp" else BertForMaskedLM
         fused_loss = self.config.train.fused_mlm_loss
-        return BertForPreTraining(bert_config, impl=m.impl, fused_mlm_loss=fused_loss).to(self.device)
+        return model_class(bert_config, impl=m.impl, fused_mlm_loss=fused_loss).to(self.device)
 
     # --- checkpoints -----------------------------------------------------------------------------------
 
@@ -208,7 +218,7 @@ class Pretrainer:
     def _save_model(self, folder: Path, full_parameters: dict | None) -> None:
         model = self.model
         if full_parameters is not None:  # sharded: an unsharded copy on the CPU
-            model = BertForPreTraining(self.model.config, impl="reference")
+            model = type(self.model)(self.model.config, impl="reference")
             D.load_full_parameters(model, full_parameters)
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
@@ -228,7 +238,7 @@ class Pretrainer:
         old = state["config"]
         changed = _config_diff(old["data"], self.config.to_dict()["data"], self._DATA_KEYS)
         changed += [f"train.{c}" for c in _config_diff(old["train"], self.config.to_dict()["train"],
-                                                       ("batch_size", "micro_batch_size", "seed"))]
+                                                       ("batch_size", "micro_batch_size", "seed", "objective"))]
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
                               f"({'; '.join(changed)})")
@@ -244,7 +254,7 @@ class Pretrainer:
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            whole = BertForPreTraining(self.model.config, impl="reference")
+            whole = type(self.model)(self.model.config, impl="reference")
             load_state_into(whole, read_state_dict(path / "model"))
             D.load_full_parameters(self.model, D.full_parameters(whole))
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
@@ -288,12 +298,15 @@ class Pretrainer:
                     out = runner(**batch, return_logits=True)
                 n_masked = out["mlm_labels"].numel()
                 n_seq = batch["next_sentence_label"].numel()
+                nsp = torch.zeros(2, dtype=torch.float64, device=self.device)
+                if out["nsp_loss"] is not None:
+                    nsp = torch.stack([out["nsp_loss"].double() * n_seq,
+                                       (out["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).sum().double()])
                 sums += weight * torch.stack([
                     out["mlm_loss"].double() * n_masked,
                     (out["mlm_logits"].argmax(-1) == out["mlm_labels"]).sum().double(),
                     torch.tensor(n_masked, dtype=torch.float64, device=self.device),
-                    out["nsp_loss"].double() * n_seq,
-                    (out["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).sum().double(),
+                    nsp[0], nsp[1],
                     torch.tensor(n_seq, dtype=torch.float64, device=self.device),
                 ])
         self.objective.train()
@@ -301,8 +314,11 @@ class Pretrainer:
             self.wrapped.reshard()
         mlm_loss, mlm_ok, masked, nsp_loss, nsp_ok, seqs = D.all_reduce_sum(sums, self.env).tolist()
         mlm_loss /= masked
-        return {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
-                "nsp_loss": nsp_loss / seqs, "nsp_accuracy": nsp_ok / seqs, "examples": int(seqs)}
+        result = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
+                  "nsp_loss": nsp_loss / seqs, "nsp_accuracy": nsp_ok / seqs, "examples": int(seqs)}
+        if not self.objective.has_nsp:
+            del result["nsp_loss"], result["nsp_accuracy"]
+        return result
 
     # --- the run ---------------------------------------------------------------------------------------
 
@@ -337,8 +353,9 @@ class Pretrainer:
         seed_everything(t.seed)
         self.model = model = self._build_model(tokenizer)
         torch.manual_seed(t.seed + 1000 * env.rank)  # each rank its own dropout masks
-        self.objective = PretrainingObjective(model)
-        self.wrapped = D.wrap_model(self.objective, env, t.distributed, device, units=list(model.bert.encoder.layer))
+        self.objective = PretrainingObjective(model, t.objective)
+        self.wrapped = D.wrap_model(self.objective, env, t.distributed, device,
+                                    units=list(model.base_model.encoder.layer))
         self.sharded = D.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
         total_steps = phases[-1].end
@@ -398,9 +415,9 @@ class Pretrainer:
                             out = self.wrapped(**batch)
                         with profiler.range("backward"):
                             self.precision.backward(out["loss"] / phase.accumulation)
+                    nsp_loss = out["nsp_loss"] if out["nsp_loss"] is not None else torch.zeros((), device=device)
                     sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
-                                         out["nsp_loss"].detach().double(),
-                                         batch["attention_mask"].sum().double()])
+                                         nsp_loss.detach().double(), batch["attention_mask"].sum().double()])
                 with profiler.range("optimizer"):
                     clip = (lambda m: D.clip_grad_norm(model.parameters(), m)) if self.sharded else None
                     grad_norm, stepped = self.precision.step(self.optimizer, model.parameters(), t.max_grad_norm,
@@ -424,6 +441,8 @@ class Pretrainer:
                               "tokens_per_s": tokens_per_s, "seq_len": phase.seq_len,
                               "mfu": tokens_per_s * flops_per_token / (peak * env.world_size) if peak else None,
                               "skipped_steps": skipped}
+                    if not self.objective.has_nsp:
+                        del record["nsp_loss"]
                     if self.precision.scaler is not None:
                         record["loss_scale"] = self.precision.scaler.get_scale()
                     metrics.log(step, "train", record)
@@ -441,8 +460,9 @@ class Pretrainer:
                     last_eval = self.evaluate(phase)
                     if last_eval:
                         metrics.log(step, "eval", last_eval)
+                        nsp = f" nsp_acc {last_eval['nsp_accuracy']:.3f}" if "nsp_accuracy" in last_eval else ""
                         progress.write(f"step {step}: eval mlm_acc {last_eval['mlm_accuracy']:.3f} ppl "
-                                       f"{last_eval['perplexity']:.1f} nsp_acc {last_eval['nsp_accuracy']:.3f}")
+                                       f"{last_eval['perplexity']:.1f}{nsp}")
                 if (t.checkpoint_every and step % t.checkpoint_every == 0) or final:
                     self._save_checkpoint(step)
 
