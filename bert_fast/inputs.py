@@ -44,7 +44,7 @@ def check_inputs(
     if input_ids.dim() != 2:
         raise InputError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
     _check_integer("input_ids", input_ids)
-    batch_size, seq_len = input_ids.shape
+    seq_len = input_ids.shape[1]
     longest = config.family.max_sequence_length(config)
     if seq_len > longest and position_ids is None:
         raise InputError(f"sequence length {seq_len} is longer than the model's {longest} positions")

@@ -27,7 +27,6 @@ def add_arguments(parser) -> None:
 
 def _needs_interpreter(args) -> bool:
     import torch
-
     from bert_fast_kernels._common import interpreting
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,7 +40,11 @@ def run(args) -> int:
         # Triton picks its interpreter when the kernels are defined, at import: run the audit in a process that
         # imports them with TRITON_INTERPRET=1.
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        return subprocess.run([sys.executable, "-m", "bert_fast.cli", *sys.argv[1:]], env=env).returncode
+        argv = ["audit", "--model", str(args.model), "--input", str(args.input), "--dtype", args.dtype, "--output",
+                str(args.output), "--batch-size", str(args.batch_size)]
+        argv += ["--max-length", str(args.max_length)] if args.max_length else []
+        argv += ["--device", args.device] if args.device else []
+        return subprocess.run([sys.executable, "-m", "bert_fast.cli", *argv], env=env, check=False).returncode
     from ..audit import audit, format_table
 
     texts = args.input.read_text(encoding="utf-8").splitlines()

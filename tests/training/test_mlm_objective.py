@@ -61,7 +61,7 @@ def test_roberta_pretrains_with_mlm_alone_and_resumes_exactly(mlm_config, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "lm_head.bias" in a and not any(k.startswith("cls.") for k in a)
 
-    model, info = transformers.RobertaForMaskedLM.from_pretrained(f"{straight.out}/model", output_loading_info=True)
+    _, info = transformers.RobertaForMaskedLM.from_pretrained(f"{straight.out}/model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
