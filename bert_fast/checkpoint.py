@@ -6,10 +6,10 @@ pytorch_model.bin (and its sharded index) is read with torch.load(weights_only=T
 Every family of families.py loads and saves in its own format (`roberta.`, `electra.`, `distilbert.` prefixes, its
 own head names, its model_type and architectures in config.json).
 
-Key names: encoder keys may come with or without the family's prefix (`bert.` ...); the `position_ids` / `token_type_ids`
-buffers older checkpoints carry are skipped; tied decoder keys are neither required nor written. Encoder keys
-that are missing, unexpected or mis-shaped are an error naming them. Task heads (and the pooler) that the
-checkpoint lacks start from fresh weights and are listed.
+Key names: encoder keys may come with or without the family's prefix (`bert.` ...); the `position_ids` /
+`token_type_ids` buffers older checkpoints carry are skipped; tied decoder keys are neither required nor written.
+Encoder keys that are missing, unexpected or mis-shaped are an error naming them. Task heads (and the pooler)
+that the checkpoint lacks start from fresh weights and are listed.
 """
 
 from __future__ import annotations

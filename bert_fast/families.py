@@ -76,11 +76,6 @@ class Family:
     choice_dropout: str = "classifier_dropout"  # the config setting the choice head's dropout reads
     qa_dropout: str | None = None  # DistilBERT drops out before qa_outputs, with this setting
 
-    @property
-    def position_offset(self) -> int:
-        """How far position ids are shifted past the pad id (0 for BERT): set per config by `max_sequence_length`."""
-        return 0 if self.positions == "absolute" else 1
-
     def max_sequence_length(self, config) -> int:
         """The longest sequence the position table covers."""
         if self.positions == "absolute":

@@ -468,7 +468,8 @@ class BertForPreTraining(BertPreTrainedModel):
     def __init__(self, config: BertConfig, impl: str = "auto", fused_mlm_loss: bool = False):
         if config.model_type != "bert":
             raise ConfigError(f"next sentence prediction is BERT's pretraining objective; model_type="
-                              f"{config.model_type!r} pretrains with masked LM alone (BertForMaskedLM, --objective mlm)")
+                              f"{config.model_type!r} pretrains with masked LM alone (BertForMaskedLM, "
+                              "--objective mlm)")
         super().__init__(config, impl)
         self.bert = BertModel(config, add_pooling_layer=True, impl=impl)
         self.cls = BertPreTrainingHeads(config)

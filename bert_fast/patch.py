@@ -226,8 +226,9 @@ def patch(model: nn.Module, impl: str = "auto") -> nn.Module:
         module.forward = _fused_forward(module, type(module).forward.__get__(module))
         patched += 1
     if patched == 0:
-        raise ValueError(f"bert_fast.patch: found no patchable transformers encoder ({', '.join(_ENCODER_CLASSES.values())}) "
-                         f"in {type(model).__name__}")
+        served = ", ".join(_ENCODER_CLASSES.values())
+        raise ValueError(f"bert_fast.patch: found no patchable transformers encoder ({served}) in "
+                         f"{type(model).__name__}")
     logger.info("bert_fast.patch: %d encoder(s) now run bert_fast (impl=%r)", patched, impl)
     return model
 

@@ -127,8 +127,8 @@ class Tokenizer:
 
     REQUIRED = ("pad_token", "cls_token", "sep_token")
 
-    def __init__(self, tokenizer: RustTokenizer, model_max_length: int = 512, special_tokens: dict[str, str] | None = None,
-                 settings: dict | None = None):
+    def __init__(self, tokenizer: RustTokenizer, model_max_length: int = 512,
+                 special_tokens: dict[str, str] | None = None, settings: dict | None = None):
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self._tokenizer = tokenizer
@@ -138,7 +138,8 @@ class Tokenizer:
         for role, spellings in SPECIAL_ROLES.items():
             if role not in names:
                 names[role] = next((t for t in spellings if tokenizer.token_to_id(t) is not None), None)
-        missing = [role for role in self.REQUIRED if names.get(role) is None or tokenizer.token_to_id(names[role]) is None]
+        missing = [role for role in self.REQUIRED
+                   if names.get(role) is None or tokenizer.token_to_id(names[role]) is None]
         if missing:
             raise TokenizerError(f"the tokenizer names no {', '.join(missing)} (looked in tokenizer_config.json, "
                                  "special_tokens_map.json and for [PAD]/<pad>, [CLS]/<s>, [SEP]/</s>)")

@@ -1,8 +1,9 @@
 """SQuAD v1.1 / v2.0: reading, sliding windows over long contexts, and the span search over the windows.
 
 A context longer than the window is cut into windows of max_seq_length tokens, each [CLS] question [SEP] span
-[SEP] (or the model's own pair layout: RoBERTa's <s> question </s></s> span </s>), the span moving by doc_stride tokens (Devlin et al.'s run_squad.py). A training window whose span does not
-hold the whole answer (and every window of an unanswerable v2 question) is labelled with the [CLS] position.
+[SEP] (the tokenizer's own pair layout: RoBERTa's is <s> question </s></s> span </s>), the span moving by
+doc_stride tokens (Devlin et al.'s run_squad.py). A training window whose span does not hold the whole answer
+(and every window of an unanswerable v2 question) is labelled with the [CLS] position.
 
 At prediction, each window proposes its n best starts and ends; a span is valid when it lies in the context,
 ends after it starts, is at most max_answer_length tokens long and starts at a token this window sees with the
