@@ -12,6 +12,8 @@
 #   bash bench/gpu_session.sh impl-e2e       mini / small / base: the fused path against our own reference path
 #   bash bench/gpu_session.sh pretrain ARGS  bench_pretrain (bf16 fast path vs fp32 reference convergence, tokens/s)
 #   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data; --name finetune_gpu)
+#   bash bench/gpu_session.sh families       the BERT family on the GPU: its gpu tests (RoBERTa-/XLM-R-base bf16 parity,
+#                                            packed positions), then bench_families (bf16 inference vs HF sdpa, parity)
 # The data these two read on a host without gensim and the checkpoint wheel: python -m bench.device_data (NOTES §4).
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
@@ -91,6 +93,10 @@ case "${1:-tests}" in
   finetune)
     python -m bench.bench_finetune "${@:2}" 2>&1 | tee "$OUT/bench_finetune.log"
     save finetune.jsonl finetune_gpu.jsonl ;;  # finetune_gpu: the --name the GPU rows are kept under
+  families)
+    pytest_gpu gpu_tests_families tests/families "${@:2}"
+    python -m bench.bench_families 2>&1 | tee "$OUT/bench_families.log"
+    save families.jsonl families.md ;;
   *)
     echo "unknown stage $1"; exit 2 ;;
 esac

@@ -18,7 +18,7 @@ from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTra
 from .ops import set_fused_linear_gelu
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 from .patch import is_patched, patch, unpatch
-from .tokenizer import BertTokenizer, TokenizerError
+from .tokenizer import BertTokenizer, Tokenizer, TokenizerError
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "InputError",
     "MaskedLMOutput",
     "PreTrainingOutput",
+    "Tokenizer",
     "TokenizerError",
     "embed",
     "is_patched",

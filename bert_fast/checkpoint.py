@@ -3,10 +3,13 @@
 A folder holds config.json and the weights as model.safetensors (or sharded with model.safetensors.index.json);
 pytorch_model.bin (and its sharded index) is read with torch.load(weights_only=True). Nothing is downloaded.
 
-Key names: encoder keys may come with or without the `bert.` prefix; the `position_ids` / `token_type_ids`
-buffers older checkpoints carry are skipped; tied decoder keys are neither required nor written. Encoder keys
-that are missing, unexpected or mis-shaped are an error naming them. Task heads (and the pooler) that the
-checkpoint lacks start from fresh weights and are listed.
+Every family of families.py loads and saves in its own format (`roberta.`, `electra.`, `distilbert.` prefixes, its
+own head names, its model_type and architectures in config.json).
+
+Key names: encoder keys may come with or without the family's prefix (`bert.` ...); the `position_ids` /
+`token_type_ids` buffers older checkpoints carry are skipped; tied decoder keys are neither required nor written.
+Encoder keys that are missing, unexpected or mis-shaped are an error naming them. Task heads (and the pooler)
+that the checkpoint lacks start from fresh weights and are listed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from .config import BertConfig
 from .errors import CheckpointError
+from .families import FAMILIES, Family
 from .files import atomic_write, atomic_write_text, read_json
 
 logger = logging.getLogger("bert_fast")
@@ -34,7 +38,6 @@ _SKIPPED_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Parts of the encoder's own state dict that a checkpoint may lack without being broken: the pooler is left out
 # of checkpoints saved from models without one (BertForMaskedLM, for one).
 _OPTIONAL_ENCODER_PARTS = ("pooler.",)
-_ENCODER_PARTS = ("embeddings.", "encoder.", "pooler.")
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -114,20 +117,22 @@ def read_config(folder: str | Path, **overrides) -> BertConfig:
 # --- matching checkpoint keys to a model -----------------------------------------------------------------
 
 
-def _is_encoder_key(key: str) -> bool:
-    return key.startswith(_ENCODER_PARTS)
+def _is_encoder_key(key: str, family: Family) -> bool:
+    return key.startswith(family.encoder_parts)
 
 
-def normalize_keys(state: dict[str, torch.Tensor], encoder_prefix: str) -> dict[str, torch.Tensor]:
-    """Rename a checkpoint's keys to the model's: the encoder under `encoder_prefix` ("" or "bert.")."""
+def normalize_keys(state: dict[str, torch.Tensor], encoder_prefix: str,
+                   family: Family = FAMILIES["bert"]) -> dict[str, torch.Tensor]:
+    """Rename a checkpoint's keys to the model's: the encoder under `encoder_prefix` ("" or the family's, e.g.
+    "roberta.")."""
     out = {}
     for key, value in state.items():
         if key.endswith(_SKIPPED_SUFFIXES):
             continue
         # The first PyTorch ports of BERT named LayerNorm parameters after TensorFlow's gamma and beta.
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        bare = key.removeprefix("bert.")
-        out[encoder_prefix + bare if _is_encoder_key(bare) else key] = value
+        bare = key.removeprefix(family.prefix + ".")
+        out[encoder_prefix + bare if _is_encoder_key(bare, family) else key] = value
     return out
 
 
@@ -143,11 +148,12 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
     Raises CheckpointError naming every missing, unexpected or mis-shaped encoder key.
     """
     prefix = model.encoder_prefix
+    family = model.config.family
     expected = {k: v for k, v in model.state_dict().items() if k not in model.tied_keys}
     provided = {k: v for k, v in state.items() if k not in model.tied_keys}
 
     def in_encoder(key: str) -> bool:
-        return key.startswith(prefix) and _is_encoder_key(key[len(prefix):])
+        return key.startswith(prefix) and _is_encoder_key(key[len(prefix):], family)
 
     def optional(key: str) -> bool:
         return not in_encoder(key) or key[len(prefix):].startswith(_OPTIONAL_ENCODER_PARTS)
@@ -178,7 +184,7 @@ def match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]):
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Load checkpoint weights (any naming) into a model; returns the keys that were freshly initialised."""
-    state = normalize_keys(state, model.encoder_prefix)
+    state = normalize_keys(state, model.encoder_prefix, model.config.family)
     fresh, unused = match_state_dict(model, state)
     full = {k: v for k, v in model.state_dict().items() if k in fresh}
     full.update((k, v) for k, v in state.items() if k not in unused and k not in model.tied_keys)
@@ -240,7 +246,7 @@ def save_pretrained(model: torch.nn.Module, path) -> None:
     tensors = checkpoint_tensors(model)
     dtype = next(iter(tensors.values())).dtype
     config = model.config.to_dict()
-    config["architectures"] = [type(model).__name__]
+    config["architectures"] = [model.config.family.hf_class_name(type(model).__name__)]
     config["dtype"] = str(dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
     from safetensors.torch import save

@@ -22,6 +22,7 @@ COMMANDS = [
     ("predict", "predict", "apply a fine-tuned checkpoint to a classify / tag / qa / choice file"),
     ("features", "features", "hidden states of chosen layers (the paper's feature-based use), saved as .npz"),
     ("bench", "bench", "end-to-end speed against Hugging Face transformers (CUDA)"),
+    ("audit", "audit", "fused path vs reference path, layer by layer, on your checkpoint and texts (exit 1 if off)"),
 ]
 
 

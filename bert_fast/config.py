@@ -1,4 +1,9 @@
-"""BertConfig: the paper's hyper-parameters, the named sizes, and Hugging Face config.json round trips."""
+"""BertConfig: the paper's hyper-parameters, the named sizes, and Hugging Face config.json round trips.
+
+One config serves the whole BERT family (`families.py`): `model_type` names the family, and a family's own
+config.json keys (DistilBERT's `dim`, `n_layers` ...) are read into BERT's fields and written back under their
+own names.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .families import FAMILIES, Family, UnsupportedArchitecture, family_for
 from .files import read_json
 
 # GELU flavours as transformers names them, mapped to torch's `approximate` argument.
@@ -45,6 +51,10 @@ class BertConfig:
     classifier_dropout: float | None = None
     problem_type: str | None = None
     id2label: dict[int, str] | None = None
+    # The family (families.py): "bert", "roberta", "xlm-roberta", "camembert", "electra" or "distilbert".
+    model_type: str = "bert"
+    # ELECTRA's embeddings are this wide, widened to hidden_size by embeddings_project; None: hidden_size.
+    embedding_size: int | None = None
     # Keys of a config.json we do not interpret, written back unchanged on save.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -59,7 +69,31 @@ class BertConfig:
     def gelu_approximate(self) -> str:
         return ACTIVATIONS[self.hidden_act]
 
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.model_type]
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
     def validate(self) -> None:
+        try:
+            family = family_for(self.model_type)
+        except UnsupportedArchitecture as e:
+            raise ConfigError(str(e)) from None
+        if self.embedding_size is not None:
+            if not family.embedding_projection and self.embedding_size != self.hidden_size:
+                raise ConfigError(f"embedding_size={self.embedding_size} differs from hidden_size={self.hidden_size}: "
+                                  f"only ELECTRA projects its embeddings, this is model_type={self.model_type!r}")
+            if not isinstance(self.embedding_size, int) or self.embedding_size <= 0:
+                raise ConfigError(f"embedding_size must be a positive integer, got {self.embedding_size!r}")
+        if self.model_type == "distilbert" and self.layer_norm_eps != 1e-12:
+            raise ConfigError(f"DistilBERT's LayerNorm epsilon is fixed at 1e-12 in transformers, got "
+                              f"{self.layer_norm_eps}")
+        if family.positions == "after_padding" and family.max_sequence_length(self) < 1:
+            raise ConfigError(f"max_position_embeddings={self.max_position_embeddings} leaves no position after "
+                              f"pad_token_id={self.pad_token_id}")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act={self.hidden_act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -95,9 +129,18 @@ class BertConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BertConfig:
         data = dict(data)
-        model_type = data.get("model_type", "bert")
-        if model_type != "bert":
-            raise ConfigError(f"config.json describes model_type={model_type!r}, not a BERT")
+        model_type = data.pop("model_type", "bert")
+        try:
+            family = family_for(model_type)
+        except UnsupportedArchitecture as e:
+            raise ConfigError(f"config.json: {e}") from None
+        for theirs, ours in family.config_keys.items():
+            if theirs in data:
+                data[ours] = data.pop(theirs)
+        for key, value in family.config_defaults.items():
+            data.setdefault(key, value)
+        if not family.token_types:
+            data["type_vocab_size"] = 1  # no token type embeddings: token_type_ids are not read
         position_type = data.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ConfigError(f"position_embedding_type={position_type!r} is not supported (only 'absolute')")
@@ -109,11 +152,11 @@ class BertConfig:
             known["id2label"] = {int(k): v for k, v in known["id2label"].items()}
             data.pop("label2id", None)
             known.setdefault("num_labels", len(known["id2label"]))
-        return cls(**known, extra=data)
+        return cls(**known, model_type=model_type, extra=data)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
-        for key in ("classifier_dropout", "problem_type", "id2label"):
+        for key in ("classifier_dropout", "problem_type", "id2label", "embedding_size"):
             if data[key] is None:
                 del data[key]
         if self.id2label is not None:
@@ -124,7 +167,15 @@ class BertConfig:
         if self.id2label is None and self.num_labels != 2:
             data["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             data["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
-        return {**self.extra, **data, "model_type": "bert", "position_embedding_type": "absolute"}
+        family = self.family
+        del data["model_type"]
+        if not family.token_types:  # DistilBERT's config has neither, and fixes the LayerNorm epsilon
+            del data["type_vocab_size"], data["layer_norm_eps"]
+        for theirs, ours in family.config_keys.items():
+            data[theirs] = data.pop(ours)
+        if family.model_type == "distilbert":
+            return {**self.extra, **data, "model_type": family.model_type}
+        return {**self.extra, **data, "model_type": family.model_type, "position_embedding_type": "absolute"}
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> BertConfig:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .modeling import BertModel
-from .tokenizer import BertTokenizer
+from .tokenizer import Tokenizer
 
 POOLINGS = ("cls", "mean")
 
@@ -30,7 +30,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 
 @torch.inference_mode()
-def embed(model: BertModel, tokenizer: BertTokenizer, texts: Sequence[str], pooling: str = "mean",
+def embed(model: BertModel, tokenizer: Tokenizer, texts: Sequence[str], pooling: str = "mean",
           batch_size: int = 64, max_length: int | None = None, normalize: bool = False) -> np.ndarray:
     """(len(texts), hidden) float32 embeddings, in the order of `texts`."""
     if isinstance(texts, str):

@@ -1,8 +1,14 @@
 """The paper's four fine-tuning shapes (Devlin et al., 2019, figure 4) as Hugging Face-named task heads.
 
-Each head sits on `self.bert` and takes what it needs through the implementation's own layout: [CLS] through
-`layout.first_tokens` (sentence classification, multiple choice), every token through the packed hidden states
-(tagging, QA), so on the fast path no head scatters the batch back to (batch, seq) before it must.
+Each head sits on the encoder (`self.bert`, or the family's `self.roberta`, `self.electra`, `self.distilbert`) and
+takes what it needs through the implementation's own layout: the first token through `layout.first_tokens`
+(sentence classification, multiple choice), every token through the packed hidden states (tagging, QA), so on the
+fast path no head scatters the batch back to (batch, seq) before it must.
+
+Every family's heads carry transformers' layouts and names (families.py): BERT's pooler + classifier; RoBERTa's
+`classifier.dense` + tanh + `classifier.out_proj` on `<s>` (ELECTRA's the same with GELU); ELECTRA's
+`sequence_summary` for multiple choice; DistilBERT's `pre_classifier` + ReLU + `classifier`, and its dropout
+before `qa_outputs`.
 
 Logits and losses are transformers' on the same weights, with one deliberate difference on padded batches:
 token-level losses never see padding. Tagging ignores labels at padded positions, and QA's start/end logits hold
@@ -19,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BertConfig
+from .config import BertConfig, ConfigError
 from .inputs import InputError
 from .modeling import BertModel, BertPreTrainedModel
 from .outputs import _TupleLike
@@ -61,6 +67,88 @@ def _classifier_dropout(config: BertConfig) -> nn.Dropout:
     return nn.Dropout(p)
 
 
+def family_setting(config: BertConfig, name: str):
+    """A family's own setting (DistilBERT's seq_classif_dropout, ELECTRA's summary_type ...): the config.json's
+    value, else transformers' default."""
+    return config.extra.get(name, config.family.settings.get(name))
+
+
+_ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}
+
+
+class ClassificationHead(nn.Module):
+    """RoBERTa's (tanh) and ELECTRA's (GELU) sentence head on the first token: dropout, dense, activation,
+    dropout, out_proj."""
+
+    def __init__(self, config: BertConfig, activation: str):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = _classifier_dropout(config)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.activation = activation
+
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(_ACTIVATIONS[self.activation](self.dense(self.dropout(first))))
+        return self.out_proj(x)
+
+
+class SequenceSummary(nn.Module):
+    """ELECTRA's multiple-choice summary of a sequence: its first token, projected (summary_use_proj), activated
+    (summary_activation), dropped out (summary_last_dropout). Other summary types are refused."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        kind = family_setting(config, "summary_type")
+        if kind != "first":
+            raise ConfigError(f"summary_type={kind!r} is not served (only 'first', ELECTRA's default)")
+        if family_setting(config, "summary_use_proj"):
+            labels = family_setting(config, "summary_proj_to_labels") and config.num_labels > 0
+            self.summary = nn.Linear(config.hidden_size, config.num_labels if labels else config.hidden_size)
+        else:
+            self.summary = nn.Identity()
+        self.activation = family_setting(config, "summary_activation")
+        if self.activation not in (None, *_ACTIVATIONS):
+            raise ConfigError(f"summary_activation={self.activation!r} is not one of {sorted(_ACTIVATIONS)}")
+        self.first_dropout = nn.Dropout(family_setting(config, "summary_first_dropout") or 0.0)
+        self.last_dropout = nn.Dropout(family_setting(config, "summary_last_dropout") or 0.0)
+
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        x = self.summary(self.first_dropout(first))
+        if self.activation is not None:
+            x = _ACTIVATIONS[self.activation](x)
+        return self.last_dropout(x)
+
+
+def _add_first_token_head(model: BertPreTrainedModel, config: BertConfig, layout: str, outputs: int,
+                          dropout: nn.Dropout) -> None:
+    """The modules of a head that reads the first token, under the family's names (see the module docstring)."""
+    if layout == "pooler":
+        model.dropout = dropout
+        model.classifier = nn.Linear(config.hidden_size, outputs)
+    elif layout in ("dense_tanh", "dense_gelu"):
+        model.classifier = ClassificationHead(config, activation=layout.removeprefix("dense_"))
+    elif layout == "summary":
+        model.sequence_summary = SequenceSummary(config)
+        model.classifier = nn.Linear(config.hidden_size, outputs)
+    elif layout == "pre_classifier":
+        model.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size)
+        model.classifier = nn.Linear(config.hidden_size, outputs)
+        model.dropout = nn.Dropout(family_setting(config, "seq_classif_dropout"))
+    else:
+        raise ValueError(f"unknown head layout {layout!r}")
+
+
+def _first_token_logits(model: BertPreTrainedModel, layout: str, hidden, batch_layout) -> torch.Tensor:
+    first = batch_layout.first_tokens(hidden)  # (batch, hidden)
+    if layout == "pooler":
+        return model.classifier(model.dropout(model.base_model.pooler(first)))
+    if layout in ("dense_tanh", "dense_gelu"):
+        return model.classifier(first)
+    if layout == "summary":
+        return model.classifier(model.sequence_summary(first))
+    return model.classifier(model.dropout(F.relu(model.pre_classifier(first))))
+
+
 def _hidden_states(layout, all_hidden):
     return tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None
 
@@ -93,17 +181,16 @@ class BertForSequenceClassification(BertPreTrainedModel):
     def __init__(self, config: BertConfig, impl: str = "auto"):
         super().__init__(config, impl)
         self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=True, impl=impl)
-        self.dropout = _classifier_dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.head_layout = config.family.sequence_head
+        self._add_encoder(BertModel(config, add_pooling_layer=self.head_layout == "pooler", impl=impl))
+        _add_first_token_head(self, config, self.head_layout, config.num_labels, _classifier_dropout(config))
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 output_hidden_states: bool = False) -> SequenceClassifierOutput:
-        hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                      output_hidden_states)
-        pooled = self.bert.pooler(layout.first_tokens(hidden))  # (batch, hidden)
-        logits = self.classifier(self.dropout(pooled))  # (batch, num_labels)
+        hidden, layout, all_hidden = self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                            output_hidden_states)
+        logits = _first_token_logits(self, self.head_layout, hidden, layout)  # (batch, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config.problem_type) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=_hidden_states(layout, all_hidden))
 
@@ -114,15 +201,15 @@ class BertForTokenClassification(BertPreTrainedModel):
     def __init__(self, config: BertConfig, impl: str = "auto"):
         super().__init__(config, impl)
         self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False, impl=impl)
+        self._add_encoder(BertModel(config, add_pooling_layer=False, impl=impl))
         self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 output_hidden_states: bool = False) -> TokenClassifierOutput:
-        hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                      output_hidden_states)
+        hidden, layout, all_hidden = self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                            output_hidden_states)
         logits = layout.unpack(self.classifier(self.dropout(hidden)))  # (batch, seq, num_labels)
         loss = None
         if labels is not None:
@@ -142,15 +229,17 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.num_labels = config.num_labels
         if config.num_labels != 2:
             raise InputError(f"question answering needs num_labels=2 (start, end), the config has {config.num_labels}")
-        self.bert = BertModel(config, add_pooling_layer=False, impl=impl)
+        self._add_encoder(BertModel(config, add_pooling_layer=False, impl=impl))
+        qa_dropout = config.family.qa_dropout
+        self.dropout = nn.Dropout(family_setting(config, qa_dropout) if qa_dropout else 0.0)  # DistilBERT's
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, start_positions=None,
                 end_positions=None, output_hidden_states: bool = False) -> QuestionAnsweringModelOutput:
-        hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                      output_hidden_states)
-        logits = layout.unpack(self.qa_outputs(hidden))  # (batch, seq, 2)
+        hidden, layout, all_hidden = self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                            output_hidden_states)
+        logits = layout.unpack(self.qa_outputs(self.dropout(hidden)))  # (batch, seq, 2)
         if attention_mask is not None:
             logits = logits.masked_fill((attention_mask == 0).unsqueeze(-1), torch.finfo(logits.dtype).min)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))
@@ -172,9 +261,12 @@ class BertForMultipleChoice(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig, impl: str = "auto"):
         super().__init__(config, impl)
-        self.bert = BertModel(config, add_pooling_layer=True, impl=impl)
-        self.dropout = _classifier_dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        family = config.family
+        self.head_layout = family.choice_head
+        self._add_encoder(BertModel(config, add_pooling_layer=self.head_layout == "pooler", impl=impl))
+        dropout = _classifier_dropout(config) if family.choice_dropout == "classifier_dropout" \
+            else nn.Dropout(config.hidden_dropout_prob)
+        _add_first_token_head(self, config, self.head_layout, 1, dropout)
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
@@ -187,9 +279,9 @@ class BertForMultipleChoice(BertPreTrainedModel):
         def flat(t):  # (batch, choices, seq) -> (batch * choices, seq)
             return None if t is None else t.reshape(-1, t.shape[-1])
 
-        hidden, layout, all_hidden = self.bert.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids),
-                                                      flat(position_ids), output_hidden_states)
-        pooled = self.bert.pooler(layout.first_tokens(hidden))  # (batch * choices, hidden)
-        logits = self.classifier(self.dropout(pooled)).view(-1, num_choices)  # (batch, choices)
+        hidden, layout, all_hidden = self.base_model.encode(flat(input_ids), flat(attention_mask),
+                                                            flat(token_type_ids), flat(position_ids),
+                                                            output_hidden_states)
+        logits = _first_token_logits(self, self.head_layout, hidden, layout).view(-1, num_choices)  # (batch, choices)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=_hidden_states(layout, all_hidden))

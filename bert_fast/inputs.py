@@ -11,6 +11,8 @@ import torch
 
 from .config import BertConfig
 from .errors import InputError
+from .families import packed_position_ids
+from .families import position_ids as default_position_ids
 
 
 def _capturing() -> bool:
@@ -32,17 +34,17 @@ def check_inputs(
     token_type_ids: torch.Tensor | None,
     position_ids: torch.Tensor | None,
 ):
-    """Validate a batch and fill in the defaults: token types 0, positions 0..seq-1. Returns the four tensors."""
+    """Validate a batch and fill in the defaults: token types 0, the family's positions (0..seq-1 for BERT, after
+    the pad id for RoBERTa's family). Returns the four tensors. Families without token types ignore them."""
     if not isinstance(input_ids, torch.Tensor):
         raise InputError(f"input_ids must be a tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != 2:
         raise InputError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
     _check_integer("input_ids", input_ids)
-    batch_size, seq_len = input_ids.shape
-    if seq_len > config.max_position_embeddings and position_ids is None:
-        raise InputError(
-            f"sequence length {seq_len} is longer than the model's {config.max_position_embeddings} positions"
-        )
+    seq_len = input_ids.shape[1]
+    longest = config.family.max_sequence_length(config)
+    if seq_len > longest and position_ids is None:
+        raise InputError(f"sequence length {seq_len} is longer than the model's {longest} positions")
     if input_ids.device != device:
         raise InputError(f"input_ids is on {input_ids.device} but the model is on {device}")
 
@@ -60,10 +62,10 @@ def check_inputs(
         if named[name] is not None:
             _check_integer(name, named[name])
 
-    if token_type_ids is None:
+    if token_type_ids is None or not config.family.token_types:
         token_type_ids = torch.zeros_like(input_ids)
     if position_ids is None:
-        position_ids = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+        position_ids = default_position_ids(config.family, input_ids, config.pad_token_id)
 
     if not _capturing() and input_ids.numel():
         _check_values(config, input_ids, attention_mask, token_type_ids, position_ids)
@@ -109,9 +111,9 @@ def check_packed_inputs(
     if cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32 or cu_seqlens.numel() < 2:
         raise InputError(f"cu_seqlens must be int32 of shape (batch + 1,), got {cu_seqlens.dtype} "
                          f"{tuple(cu_seqlens.shape)}")
-    if max_seqlen > config.max_position_embeddings and position_ids is None:
-        raise InputError(f"max_seqlen {max_seqlen} is longer than the model's {config.max_position_embeddings} "
-                         "positions")
+    longest = config.family.max_sequence_length(config)
+    if max_seqlen > longest and position_ids is None:
+        raise InputError(f"max_seqlen {max_seqlen} is longer than the model's {longest} positions")
     for name, t in {"input_ids": input_ids, "cu_seqlens": cu_seqlens, "token_type_ids": token_type_ids,
                     "position_ids": position_ids}.items():
         if t is not None and t.device != device:
@@ -119,12 +121,9 @@ def check_packed_inputs(
     for name, t in {"token_type_ids": token_type_ids, "position_ids": position_ids}.items():
         if t is not None and t.shape != input_ids.shape:
             raise InputError(f"{name} has shape {tuple(t.shape)} but input_ids has {tuple(input_ids.shape)}")
-    tokens = torch.arange(input_ids.shape[0], device=device)
     if position_ids is None:
-        # Each token's sequence, then its offset inside it; searchsorted keeps this free of host syncs.
-        sequence = torch.searchsorted(cu_seqlens[1:], tokens.to(torch.int32), right=True)
-        position_ids = tokens - cu_seqlens.long()[sequence]
-    if token_type_ids is None:
+        position_ids = packed_position_ids(config.family, input_ids, cu_seqlens, config.pad_token_id)
+    if token_type_ids is None or not config.family.token_types:
         token_type_ids = torch.zeros_like(input_ids)
     if not _capturing():
         lengths = cu_seqlens.diff()

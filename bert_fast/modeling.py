@@ -4,6 +4,10 @@ Module and parameter names are Hugging Face's, so its state dicts load with stri
 steps (attention, bias+GELU, bias+dropout+residual+LayerNorm) go through the dispatch layer in `ops.py`: the
 reference implementation computes them in plain PyTorch on the padded batch, the triton implementation with our
 kernels on the packed real tokens. The modules themselves are the same for both.
+
+The same modules serve BERT's family (RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT): `config.family`
+(families.py) sets what differs (position ids, token types, ELECTRA's embedding projection, DistilBERT's names),
+and each task model keeps its encoder under the family's attribute (`bert`, `roberta`, `electra`, `distilbert`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops as ops_lib
-from .config import BertConfig
+from .config import BertConfig, ConfigError
+from .families import register_renames
 from .inputs import check_inputs, check_packed_inputs
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 
@@ -25,15 +30,20 @@ logger = logging.getLogger("bert_fast")
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        family, width = config.family, config.embedding_width
+        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        # RoBERTa's position table has a padding row too (the position padding tokens get), kept out of training.
+        position_padding = config.pad_token_id if family.positions == "after_padding" else None
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width, padding_idx=position_padding)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width) if family.token_types else None
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids, position_ids, ops) -> torch.Tensor:
-        # ids: any shape (padded (batch, seq) or packed (tokens,)); returns (..., hidden)
-        words = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        # ids: any shape (padded (batch, seq) or packed (tokens,)); returns (..., embedding width)
+        words = self.word_embeddings(input_ids)
+        if self.token_type_embeddings is not None:
+            words = words + self.token_type_embeddings(token_type_ids)
         positions = self.position_embeddings(position_ids)
         hidden = ops.add_layer_norm(words, positions, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
         return self.dropout(hidden)
@@ -86,11 +96,11 @@ def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, 
 class BertSelfOutput(nn.Module):
     """Output projection, then bias + dropout + residual + LayerNorm in one step."""
 
-    def __init__(self, config: BertConfig, in_features: int | None = None):
+    def __init__(self, config: BertConfig, in_features: int | None = None, dropout: bool = True):
         super().__init__()
         self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout else 0.0)
 
     def forward(self, hidden, residual, ops) -> torch.Tensor:
         # The bias is left out of the matmul so the fused step adds it with the dropout and residual.
@@ -105,7 +115,7 @@ class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.self = BertSelfAttention(config)
-        self.output = BertSelfOutput(config)
+        self.output = BertSelfOutput(config, dropout=config.family.attention_output_dropout)
 
     def forward(self, hidden, layout, ops) -> torch.Tensor:
         return self.output(self.self(hidden, layout, ops), hidden, ops)
@@ -170,14 +180,25 @@ class BertPooler(nn.Module):
 class BertPreTrainedModel(nn.Module):
     """What every BERT model here shares: config, weight init, the impl switch and HF-format checkpoints."""
 
-    # Prefix of the encoder's keys inside this model's state dict ("" for the bare encoder).
-    encoder_prefix = "bert."
-
     def __init__(self, config: BertConfig, impl: str = "auto"):
         super().__init__()
         self.config = config
         self.impl = ops_lib.check_impl(impl)
         self._resolved_impl: str | None = None
+
+    @property
+    def encoder_prefix(self) -> str:
+        """Prefix of the encoder's keys inside this model's state dict ("" for the bare encoder): the family's
+        attribute, as in transformers (`bert.`, `roberta.`, `electra.`, `distilbert.`)."""
+        return self.config.family.prefix + "."
+
+    @property
+    def base_model(self) -> BertModel:
+        """The encoder inside a task model (the model itself for BertModel)."""
+        return getattr(self, self.config.family.prefix)
+
+    def _add_encoder(self, encoder: BertModel) -> None:
+        self.add_module(self.config.family.prefix, encoder)
 
     # The implementation switch: one setting, read by forward through the dispatch layer.
     def set_impl(self, impl: str) -> BertPreTrainedModel:
@@ -226,8 +247,10 @@ class BertPreTrainedModel(nn.Module):
     def tie_weights(self) -> None:
         """Models with an MLM decoder share its weight with the word embeddings."""
 
-    # Keys of this model's state dict that checkpoints leave out because they are tied to another key.
-    tied_keys: tuple[str, ...] = ()
+    @property
+    def tied_keys(self) -> tuple[str, ...]:
+        """Keys of this model's state dict that checkpoints leave out because they are tied to another key."""
+        return ()
 
     @classmethod
     def from_pretrained(cls, path, impl: str = "auto", dtype=None, device=None, **config_overrides):
@@ -244,14 +267,27 @@ class BertPreTrainedModel(nn.Module):
 
 
 class BertModel(BertPreTrainedModel):
+    """The encoder. Families without a pooler (ELECTRA, DistilBERT) never get one; ELECTRA's embeddings are
+    widened by `embeddings_project` before the first layer."""
+
     encoder_prefix = ""
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, impl: str = "auto"):
         super().__init__(config, impl)
+        family = config.family
         self.embeddings = BertEmbeddings(config)
+        if family.embedding_projection and config.embedding_width != config.hidden_size:
+            self.embeddings_project = nn.Linear(config.embedding_width, config.hidden_size)
+        else:
+            self.embeddings_project = None
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.pooler = BertPooler(config) if add_pooling_layer and family.pooler else None
+        register_renames(self, family.encoder_names)  # DistilBERT's q_lin, sa_layer_norm ... in state dicts
         self.init_weights()
+
+    @property
+    def base_model(self) -> BertModel:
+        return self
 
     def forward(
         self,
@@ -333,6 +369,8 @@ class BertModel(BertPreTrainedModel):
 
     def _encode_layout(self, input_ids, token_type_ids, position_ids, layout, ops, output_hidden_states):
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, ops)
+        if self.embeddings_project is not None:
+            hidden = self.embeddings_project(hidden)
         return self.encoder(hidden, layout, ops, output_hidden_states)
 
 
@@ -340,11 +378,15 @@ class BertModel(BertPreTrainedModel):
 
 
 class BertPredictionHeadTransform(nn.Module):
+    """dense, GELU, LayerNorm. ELECTRA's generator narrows to its embedding width here; RoBERTa and ELECTRA use
+    exact GELU whatever hidden_act says."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.approximate = config.gelu_approximate
+        width = config.embedding_width
+        self.dense = nn.Linear(config.hidden_size, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.approximate = config.gelu_approximate if config.family.mlm_activation == "hidden_act" else "none"
 
     def forward(self, hidden, ops) -> torch.Tensor:
         activated = ops.linear_gelu(hidden, self.dense.weight, self.dense.bias, self.approximate)
@@ -355,7 +397,7 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = nn.Linear(config.embedding_width, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias  # one bias, under both of Hugging Face's names
 
@@ -424,6 +466,10 @@ class BertForPreTraining(BertPreTrainedModel):
     tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
     def __init__(self, config: BertConfig, impl: str = "auto", fused_mlm_loss: bool = False):
+        if config.model_type != "bert":
+            raise ConfigError(f"next sentence prediction is BERT's pretraining objective; model_type="
+                              f"{config.model_type!r} pretrains with masked LM alone (BertForMaskedLM, "
+                              "--objective mlm)")
         super().__init__(config, impl)
         self.bert = BertModel(config, add_pooling_layer=True, impl=impl)
         self.cls = BertPreTrainingHeads(config)
@@ -458,26 +504,34 @@ class BertForPreTraining(BertPreTrainedModel):
 
 
 class BertForMaskedLM(BertPreTrainedModel):
-    """BERT with the masked-LM head. Logits follow BertForPreTraining's rule: all positions without labels,
-    labelled positions only with them."""
+    """The encoder with the masked-LM head (decoder tied to the word embeddings). Logits follow BertForPreTraining's
+    rule: all positions without labels, labelled positions only with them.
 
-    tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+    Every family's masked LM: the head's parameters carry the family's names in state dicts (RoBERTa's
+    `lm_head.*`, ELECTRA's generator `generator_predictions.*` and `generator_lm_head`, DistilBERT's `vocab_*`).
+    """
 
     def __init__(self, config: BertConfig, impl: str = "auto", fused_mlm_loss: bool = False):
         super().__init__(config, impl)
-        self.bert = BertModel(config, add_pooling_layer=False, impl=impl)
+        self._add_encoder(BertModel(config, add_pooling_layer=False, impl=impl))
         self.cls = BertOnlyMLMHead(config)
         self.masked_lm = BertMLMLoss(fused=fused_mlm_loss)
+        register_renames(self, config.family.mlm_names)
         self.init_weights()
 
+    @property
+    def tied_keys(self) -> tuple[str, ...]:
+        return self.config.family.mlm_tied_keys
+
     def tie_weights(self) -> None:
-        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.cls.predictions.decoder.weight = self.base_model.embeddings.word_embeddings.weight
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 output_hidden_states: bool = False) -> MaskedLMOutput:
-        hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                      output_hidden_states)
-        ops = self.bert._ops(hidden.device)
+        encoder = self.base_model
+        hidden, layout, all_hidden = encoder.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                                    output_hidden_states)
+        ops = encoder._ops(hidden.device)
         if labels is None:
             loss, logits = None, layout.unpack(self.cls(hidden, ops))
         else:

@@ -1,7 +1,8 @@
-"""Run an existing transformers BERT through bert_fast, in place: `patch(model)` and `unpatch(model)`.
+"""Run an existing transformers BERT-family encoder through bert_fast, in place: `patch(model)` and `unpatch(model)`.
 
-Every transformers `BertModel` inside `model` (the model itself, the `.bert` of a BertFor* head model, or the
-encoder a sentence-transformers model wraps) gets an instance-level `forward` that runs our encoder. Our encoder
+Every transformers `BertModel`, `RobertaModel`, `XLMRobertaModel`, `CamembertModel`, `ElectraModel` and
+`DistilBertModel` inside `model` (the model itself, the encoder of a `*For*` head model, or the encoder a
+sentence-transformers model wraps) gets an instance-level `forward` that runs our encoder. Our encoder
 is a shadow built around the model's own modules — the same Embedding, Linear and LayerNorm objects, so the
 same parameters: optimizers, `.to()`, state dicts and checkpoints of the patched model are untouched. The one
 difference is the attention projection: transformers keeps query, key and value apart, and the shadow
@@ -14,6 +15,7 @@ call. The patch is per instance: other models of the same class are unaffected.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -29,7 +31,7 @@ _SHADOW = "_bert_fast_shadow"
 # Keyword arguments the fused forward understands; anything else sends the call to transformers' forward.
 _SERVED = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "output_hidden_states", "return_dict",
            "inputs_embeds", "head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
-           "use_cache", "output_attentions", "cache_position"}
+           "cache", "use_cache", "output_attentions", "cache_position"}
 
 
 class ConcatQKV(nn.Module):
@@ -45,10 +47,15 @@ class ConcatQKV(nn.Module):
         return F.linear(x, weight, bias)
 
 
-def _transformers_bert_class():
-    from transformers import BertModel as HFBertModel
+# transformers' encoder classes we serve, by family.
+_ENCODER_CLASSES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
+                    "camembert": "CamembertModel", "electra": "ElectraModel", "distilbert": "DistilBertModel"}
 
-    return HFBertModel
+
+def _transformers_encoder_classes() -> tuple[type, ...]:
+    import transformers
+
+    return tuple(getattr(transformers, name) for name in _ENCODER_CLASSES.values() if hasattr(transformers, name))
 
 
 def _config_from(hf_config) -> BertConfig:
@@ -57,24 +64,48 @@ def _config_from(hf_config) -> BertConfig:
     return BertConfig.from_dict(data)
 
 
+def _map_bert_layer(layer, hf_layer) -> None:
+    hf_self = hf_layer.attention.self
+    layer.attention.self.qkv = ConcatQKV(hf_self.query, hf_self.key, hf_self.value)
+    for ours_block, theirs_block in ((layer.attention.output, hf_layer.attention.output),
+                                     (layer.output, hf_layer.output)):
+        ours_block.dense, ours_block.LayerNorm, ours_block.dropout = (
+            theirs_block.dense, theirs_block.LayerNorm, theirs_block.dropout)
+    layer.intermediate.dense = hf_layer.intermediate.dense
+
+
+def _map_distilbert_layer(layer, hf_block) -> None:
+    attention = hf_block.attention
+    layer.attention.self.qkv = ConcatQKV(attention.q_lin, attention.k_lin, attention.v_lin)
+    # The attention output has no dropout in DistilBERT: the shadow keeps its own (p = 0).
+    layer.attention.output.dense, layer.attention.output.LayerNorm = attention.out_lin, hf_block.sa_layer_norm
+    layer.intermediate.dense = hf_block.ffn.lin1
+    layer.output.dense, layer.output.LayerNorm, layer.output.dropout = (
+        hf_block.ffn.lin2, hf_block.output_layer_norm, hf_block.ffn.dropout)
+
+
 def _build_shadow(hf_bert, impl: str) -> BertModel:
     """Our BertModel whose every parameterised module is the transformers model's own."""
     config = _config_from(hf_bert.config)
+    family = config.family
+    hf_pooler = getattr(hf_bert, "pooler", None)
     with torch.device("meta"):  # nothing of the shadow's own is kept: all its leaves are replaced below
-        shadow = BertModel(config, add_pooling_layer=hf_bert.pooler is not None, impl=impl)
+        shadow = BertModel(config, add_pooling_layer=hf_pooler is not None, impl=impl)
     theirs, ours = hf_bert.embeddings, shadow.embeddings
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm", "dropout"):
+    names = ["word_embeddings", "position_embeddings", "LayerNorm", "dropout"]
+    names += ["token_type_embeddings"] if family.token_types else []
+    for name in names:
         setattr(ours, name, getattr(theirs, name))
-    for hf_layer, layer in zip(hf_bert.encoder.layer, shadow.encoder.layer):
-        hf_self = hf_layer.attention.self
-        layer.attention.self.qkv = ConcatQKV(hf_self.query, hf_self.key, hf_self.value)
-        for ours_block, theirs_block in ((layer.attention.output, hf_layer.attention.output),
-                                         (layer.output, hf_layer.output)):
-            ours_block.dense, ours_block.LayerNorm, ours_block.dropout = (
-                theirs_block.dense, theirs_block.LayerNorm, theirs_block.dropout)
-        layer.intermediate.dense = hf_layer.intermediate.dense
+    if shadow.embeddings_project is not None:
+        shadow.embeddings_project = hf_bert.embeddings_project
+    if family.model_type == "distilbert":
+        for hf_block, layer in zip(hf_bert.transformer.layer, shadow.encoder.layer):
+            _map_distilbert_layer(layer, hf_block)
+    else:
+        for hf_layer, layer in zip(hf_bert.encoder.layer, shadow.encoder.layer):
+            _map_bert_layer(layer, hf_layer)
     if shadow.pooler is not None:
-        shadow.pooler.dense = hf_bert.pooler.dense
+        shadow.pooler.dense = hf_pooler.dense
     theirs_params = {id(p) for p in hf_bert.parameters()}
     stray = [name for name, p in shadow.named_parameters() if id(p) not in theirs_params]
     if stray:  # a transformers version with a different module layout: refuse rather than run random weights
@@ -88,8 +119,9 @@ def _why_not_patchable(hf_bert) -> str | None:
         return "it is configured as a decoder / with cross-attention"
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         return f"position_embedding_type={config.position_embedding_type!r}"
-    if config.hidden_act not in ACTIVATIONS:
-        return f"hidden_act={config.hidden_act!r}"
+    activation = getattr(config, "hidden_act", None) or getattr(config, "activation", None)  # DistilBERT's name
+    if activation not in ACTIVATIONS:
+        return f"activation {activation!r}"
     return None
 
 
@@ -115,28 +147,57 @@ def _fallback_reason(hf_bert, kwargs: dict) -> str | None:
     return None
 
 
-def _fused_forward(hf_bert, original_forward):
-    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+def _call_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict | None:
+    """The call as keyword arguments, by the original forward's own parameter order (DistilBERT's differs from
+    BERT's); None when they do not bind."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    call = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        elif signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                return None
+        else:
+            call[name] = value
+    return call
 
-    def forward(input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *args, **kwargs):
-        if args:  # positional use beyond the first four: leave it to transformers
-            return original_forward(input_ids, attention_mask, token_type_ids, position_ids, *args, **kwargs)
-        call = dict(kwargs, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                    position_ids=position_ids)
+
+def _fused_forward(hf_bert, original_forward):
+    from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPoolingAndCrossAttentions
+
+    signature = inspect.signature(original_forward)
+
+    def forward(*args, **kwargs):
+        call = _call_arguments(signature, args, kwargs)
+        if call is None:  # an unusual call: leave it to transformers
+            return original_forward(*args, **kwargs)
+        for name in ("cache", "past_key_values"):
+            if call.get(name) is not None:
+                return original_forward(**call)
         reason = _fallback_reason(hf_bert, call)
         if reason is not None:
             logger.debug("bert_fast: transformers' forward serves this call (%s)", reason)
             return original_forward(**call)
+        input_ids, attention_mask = call.get("input_ids"), call.get("attention_mask")
+        token_type_ids, position_ids = call.get("token_type_ids"), call.get("position_ids")
         shadow = hf_bert.__dict__[_SHADOW]
         if shadow.training != hf_bert.training:
             shadow.train(hf_bert.training)
-        want_hidden = kwargs.get("output_hidden_states")
+        want_hidden = call.get("output_hidden_states")
         if want_hidden is None:
             want_hidden = getattr(hf_bert.config, "output_hidden_states", False)
         out = shadow(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=bool(want_hidden))
-        result = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output, hidden_states=out.hidden_states)
-        return_dict = kwargs.get("return_dict")
+        if shadow.config.family.pooler:
+            result = BaseModelOutputWithPoolingAndCrossAttentions(
+                last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,
+                hidden_states=out.hidden_states)
+        else:
+            result = BaseModelOutput(last_hidden_state=out.last_hidden_state, hidden_states=out.hidden_states)
+        return_dict = call.get("return_dict")
         if return_dict is None:
             return_dict = getattr(hf_bert.config, "return_dict", True)
         return result if return_dict else result.to_tuple()
@@ -145,32 +206,35 @@ def _fused_forward(hf_bert, original_forward):
 
 
 def patch(model: nn.Module, impl: str = "auto") -> nn.Module:
-    """Make every transformers BertModel inside `model` run bert_fast's encoder, in place. Returns `model`."""
-    hf_class = _transformers_bert_class()
+    """Make every transformers BERT-family encoder inside `model` run bert_fast's encoder, in place. Returns
+    `model`."""
+    hf_classes = _transformers_encoder_classes()
     patched = 0
     for module in model.modules():
-        if not isinstance(module, hf_class) or _SHADOW in module.__dict__:
+        if not isinstance(module, hf_classes) or _SHADOW in module.__dict__:
             continue
         reason = _why_not_patchable(module)
         if reason is not None:
-            logger.warning("bert_fast.patch: left a BertModel unpatched because %s", reason)
+            logger.warning("bert_fast.patch: left a %s unpatched because %s", type(module).__name__, reason)
             continue
         try:
             shadow = _build_shadow(module, impl)
         except ConfigError as e:
-            logger.warning("bert_fast.patch: left a BertModel unpatched: %s", e)
+            logger.warning("bert_fast.patch: left a %s unpatched: %s", type(module).__name__, e)
             continue
         module.__dict__[_SHADOW] = shadow  # not a registered submodule: its parameters are the model's own
         module.forward = _fused_forward(module, type(module).forward.__get__(module))
         patched += 1
     if patched == 0:
-        raise ValueError(f"bert_fast.patch: found no patchable transformers BertModel in {type(model).__name__}")
-    logger.info("bert_fast.patch: %d BertModel(s) now run bert_fast (impl=%r)", patched, impl)
+        served = ", ".join(_ENCODER_CLASSES.values())
+        raise ValueError(f"bert_fast.patch: found no patchable transformers encoder ({served}) in "
+                         f"{type(model).__name__}")
+    logger.info("bert_fast.patch: %d encoder(s) now run bert_fast (impl=%r)", patched, impl)
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Restore transformers' own forward on every BertModel `patch` changed. Returns `model`."""
+    """Restore transformers' own forward on every encoder `patch` changed. Returns `model`."""
     for module in model.modules():
         if _SHADOW in module.__dict__:
             del module.__dict__[_SHADOW]

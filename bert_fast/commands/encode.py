@@ -14,7 +14,7 @@ import numpy as np
 from ..embeddings import POOLINGS, embed
 from ..errors import DataError, MissingDependencyError
 from ..modeling import BertModel
-from ..tokenizer import BertTokenizer
+from ..tokenizer import Tokenizer
 
 
 def default_model_dir(command: str) -> Path:
@@ -57,14 +57,14 @@ def add_model_arguments(parser) -> None:
                         help="weights and activations dtype (default: bfloat16 on CUDA, float32 on the CPU)")
 
 
-def load_model(args, command: str) -> tuple[BertModel, BertTokenizer]:
+def load_model(args, command: str) -> tuple[BertModel, Tokenizer]:
     from ..devices import resolve_device
 
     device = resolve_device(args.device)
     model_dir = args.model or default_model_dir(command)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     model = BertModel.from_pretrained(model_dir, impl=args.impl, dtype=dtype, device=device)
-    return model, BertTokenizer.from_pretrained(model_dir)
+    return model, Tokenizer.from_pretrained(model_dir)
 
 
 def add_arguments(parser) -> None:

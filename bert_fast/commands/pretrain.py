@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--impl", choices=["auto", "reference", "triton"])
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--whole-word-masking", action="store_true", default=None)
+    parser.add_argument("--objective", choices=["mlm_nsp", "mlm"],
+                        help="mlm_nsp: BERT's masked LM + next sentence prediction (default); mlm: masked LM alone, "
+                             "B always continuing A (RoBERTa; --set model.model_type=roberta for a RoBERTa)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/pretrain-<size>-<date>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint, with its own settings (flags given "
@@ -51,6 +54,7 @@ _FLAGS = {
     "seq_len": "data.seq_len", "batch_size": "train.batch_size", "micro_batch_size": "train.micro_batch_size",
     "steps": "train.steps", "lr": "train.lr", "precision": "train.precision", "impl": "model.impl",
     "device": "train.device", "whole_word_masking": "data.whole_word_masking", "out": "out",
+    "objective": "train.objective",
 }
 
 
@@ -93,12 +97,15 @@ def _print_summary(summary: dict) -> None:
               f"{summary['parameters'] / 1e6:.1f}M parameters, {summary['device']}, {summary['precision']}, "
               f"impl {summary['impl']}, {summary['world_size']} process(es))")]
     if summary["first_loss"] is not None:
-        lines.append(f"  training MLM loss {summary['first_mlm_loss']:.3f} -> {summary['last_mlm_loss']:.3f}, NSP loss "
-                     f"{summary['first_nsp_loss']:.3f} -> {summary['last_nsp_loss']:.3f} (first -> last log)")
+        nsp = (f", NSP loss {summary['first_nsp_loss']:.3f} -> {summary['last_nsp_loss']:.3f}"
+               if summary.get("first_nsp_loss") is not None else "")
+        lines.append(f"  training MLM loss {summary['first_mlm_loss']:.3f} -> {summary['last_mlm_loss']:.3f}{nsp} "
+                     "(first -> last log)")
     ev = summary.get("eval") or {}
     if ev:
-        lines.append(f"  held-out: MLM accuracy {ev['mlm_accuracy']:.3f}, perplexity {ev['perplexity']:.1f}, "
-                     f"NSP accuracy {ev['nsp_accuracy']:.3f} ({ev['examples']} examples)")
+        nsp = f", NSP accuracy {ev['nsp_accuracy']:.3f}" if "nsp_accuracy" in ev else ""
+        lines.append(f"  held-out: MLM accuracy {ev['mlm_accuracy']:.3f}, perplexity {ev['perplexity']:.1f}"
+                     f"{nsp} ({ev['examples']} examples)")
     if summary.get("tokens_per_s"):
         lines.append(f"  {summary['seconds']:.0f} s of training, {summary['tokens_per_s']:,.0f} tokens/s")
     if summary.get("model_dir"):

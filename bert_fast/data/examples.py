@@ -8,6 +8,9 @@ too long loses tokens from its longer segment, from the front or the back at ran
 
 Tokens travel through example creation as `id << 1 | word_start`: the low bit marks the first piece of a word
 (from the tokenizer's word ids), so whole-word masking can group a word's pieces at batch time.
+
+For masked LM alone (no next sentence prediction, as RoBERTa pretrains) `random_next=False` keeps B the text that
+follows A, always: each example is then one stretch of a document.
 """
 
 from __future__ import annotations
@@ -92,8 +95,10 @@ def truncate_seq_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: 
 
 
 def create_examples_from_document(corpus: TokenizedCorpus, doc_index: int, candidates: Sequence[int],
-                                  max_seq_len: int, short_seq_prob: float, rng: random.Random) -> list[Example]:
-    """Google's create_instances_from_document. `candidates` are the documents a random B may come from."""
+                                  max_seq_len: int, short_seq_prob: float, rng: random.Random,
+                                  random_next: bool = True) -> list[Example]:
+    """Google's create_instances_from_document. `candidates` are the documents a random B may come from; with
+    random_next=False B always continues A (a one-sentence stretch is cut in two)."""
     document = corpus.document(doc_index)
     max_num_tokens = max_seq_len - 3  # [CLS], [SEP], [SEP]
     target_seq_length = max_num_tokens
@@ -112,7 +117,10 @@ def create_examples_from_document(corpus: TokenizedCorpus, doc_index: int, candi
             tokens_a = [t for seg in chunk[:a_end] for t in seg]
             tokens_b: list[int] = []
             others = len(candidates) > 1 or (len(candidates) == 1 and candidates[0] != doc_index)
-            if others and (len(chunk) == 1 or rng.random() < 0.5):
+            if not random_next and len(chunk) == 1:
+                cut = rng.randint(1, len(tokens_a) - 1) if len(tokens_a) >= 2 else len(tokens_a)
+                tokens_a, tokens_b, is_random_next = tokens_a[:cut], tokens_a[cut:], False
+            elif random_next and others and (len(chunk) == 1 or rng.random() < 0.5):
                 is_random_next = True
                 target_b_length = target_seq_length - len(tokens_a)
                 for _ in range(10):

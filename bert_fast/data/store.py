@@ -46,6 +46,7 @@ class ExampleSettings:
     eval_fraction: float = 0.05  # documents held out for evaluation (at least 2 when there are 4+)
     shard_examples: int = 65536  # target examples per shard
     seed: int = 12345
+    random_next: bool = True  # B is a random other document's text half of the time (NSP); False: B follows A
 
     def validate(self) -> None:
         if not 8 <= self.max_seq_len <= 4096:
@@ -61,7 +62,10 @@ class ExampleSettings:
 
 
 def store_key(settings: ExampleSettings, corpus_fingerprint: str, tokenizer_fingerprint: str) -> str:
-    blob = json.dumps({"format": FORMAT_VERSION, **asdict(settings), "corpus": corpus_fingerprint,
+    fields = asdict(settings)
+    if fields["random_next"]:  # the default keeps the keys of stores built before the setting existed
+        del fields["random_next"]
+    blob = json.dumps({"format": FORMAT_VERSION, **fields, "corpus": corpus_fingerprint,
                        "tokenizer": tokenizer_fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -131,7 +135,7 @@ def _make_shard(corpus, shard_docs, candidates, settings, shard_seed, special_id
     for _ in range(settings.dupe_factor):
         for d in shard_docs:
             examples += create_examples_from_document(corpus, d, candidates, settings.max_seq_len,
-                                                      settings.short_seq_prob, rng)
+                                                      settings.short_seq_prob, rng, settings.random_next)
     rng.shuffle(examples)
     cls_id, sep_id, pad_id = special_ids
     return assemble(examples, settings.max_seq_len, cls_id, sep_id, pad_id, dtype=dtype)

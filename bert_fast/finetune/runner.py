@@ -39,7 +39,7 @@ from ..devices import resolve_device
 from ..errors import DataError, ResumeError, RunInterrupted, SettingError
 from ..files import read_json
 from ..ops import resolve
-from ..tokenizer import BertTokenizer
+from ..tokenizer import Tokenizer
 from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
@@ -270,7 +270,7 @@ class FinetuneRun:
 
         # Data: every split read and encoded once.
         self.issues = Issues()
-        self.tokenizer = BertTokenizer.from_pretrained(cfg.model)
+        self.tokenizer = Tokenizer.from_pretrained(cfg.model)
         self.task = TASKS[cfg.task](cfg, self.tokenizer, self.issues, model_config=read_config(cfg.model))
         self.train_split = self._split(cfg.train, "train")
         self.dev_split = self._split(cfg.dev, "dev")
@@ -508,7 +508,7 @@ def _predict_file(cfg: FinetuneConfig, path: Path, out: Path) -> dict:
     if cfg.task == "classify":
         cfg = dataclasses.replace(cfg, regression=model_config.problem_type == "regression")
     issues = Issues()
-    tokenizer = BertTokenizer.from_pretrained(cfg.model)
+    tokenizer = Tokenizer.from_pretrained(cfg.model)
     task = TASKS[cfg.task](cfg, tokenizer, issues, model_config=model_config)
     task.use_checkpoint_labels()
     split = dataclasses.replace(task.load(path, "test"), name=path.stem)  # labels optional, as for a test file

@@ -1,8 +1,9 @@
 """SQuAD v1.1 / v2.0: reading, sliding windows over long contexts, and the span search over the windows.
 
 A context longer than the window is cut into windows of max_seq_length tokens, each [CLS] question [SEP] span
-[SEP], the span moving by doc_stride tokens (Devlin et al.'s run_squad.py). A training window whose span does not
-hold the whole answer (and every window of an unanswerable v2 question) is labelled with the [CLS] position.
+[SEP] (the tokenizer's own pair layout: RoBERTa's is <s> question </s></s> span </s>), the span moving by
+doc_stride tokens (Devlin et al.'s run_squad.py). A training window whose span does not hold the whole answer
+(and every window of an unanswerable v2 question) is labelled with the [CLS] position.
 
 At prediction, each window proposes its n best starts and ends; a span is valid when it lies in the context,
 ends after it starts, is at most max_answer_length tokens long and starts at a token this window sees with the
@@ -78,7 +79,7 @@ def read_squad(path: str | Path) -> tuple[list[SquadExample], int]:
 @dataclass
 class Window:
     example: int  # index of its question
-    input_ids: list[int]  # [CLS] question [SEP] context span [SEP]
+    input_ids: list[int]  # [CLS] question [SEP] context span [SEP], in the tokenizer's pair layout
     token_type_ids: list[int]
     offsets: list[tuple[int, int] | None]  # character span in the context of each context token, None elsewhere
     max_context: list[bool]  # whether this window sees the token with the most context around it
@@ -126,7 +127,7 @@ def make_windows(examples: list[SquadExample], tokenizer, max_seq_length: int = 
     contexts = sorted({e.context for e in examples})
     encoded = dict(zip(contexts, tokenizer.encode_batch(contexts, add_special_tokens=False, truncation=False)))
     questions = tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False, truncation=False)
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    template = tokenizer.pair_template
     windows = []
     for index, (example, question) in enumerate(zip(examples, questions)):
         query = question.ids
@@ -135,7 +136,7 @@ def make_windows(examples: list[SquadExample], tokenizer, max_seq_length: int = 
             query = query[:max_query_length]
         context = encoded[example.context]
         ctx_ids, ctx_offsets = context.ids, context.offsets
-        max_doc = max_seq_length - len(query) - 3
+        max_doc = max_seq_length - len(query) - template.specials
         if max_doc <= 0:
             raise DataError(f"{example.where}: max_seq_length {max_seq_length} leaves no room for the context "
                             f"after a {len(query)}-token question")
@@ -158,16 +159,16 @@ def make_windows(examples: list[SquadExample], tokenizer, max_seq_length: int = 
 
         spans = _spans(len(ctx_ids), max_doc, doc_stride)
         for span_index, (span_start, span_len) in enumerate(spans):
-            head = [cls, *query, sep]
-            ids = head + ctx_ids[span_start:span_start + span_len] + [sep]
-            types = [0] * len(head) + [1] * (span_len + 1)
-            offsets = [None] * len(head) + list(ctx_offsets[span_start:span_start + span_len]) + [None]
-            max_context = [False] * len(head) + [
-                _max_context(spans, span_index, span_start + k) for k in range(span_len)] + [False]
+            ids, types = template.build(query, ctx_ids[span_start:span_start + span_len])
+            head = len(template.prefix) + len(query) + len(template.middle)  # where the context span starts
+            tail = [None] * len(template.suffix)
+            offsets = [None] * head + list(ctx_offsets[span_start:span_start + span_len]) + tail
+            max_context = [False] * head + [
+                _max_context(spans, span_index, span_start + k) for k in range(span_len)] + [False] * len(tail)
             window = Window(index, ids, types, offsets, max_context)
             if answer is not None and span_start <= answer[0] and answer[1] < span_start + span_len:
-                window.start_position = len(head) + answer[0] - span_start
-                window.end_position = len(head) + answer[1] - span_start
+                window.start_position = head + answer[0] - span_start
+                window.end_position = head + answer[1] - span_start
             windows.append(window)
     return windows
 

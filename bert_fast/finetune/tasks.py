@@ -293,14 +293,12 @@ class TagTask(Task):
 
     def _word_pieces(self, sentences: list[TaggedSentence]) -> None:
         new = sorted({w for s in sentences for w in s.words} - set(self._pieces))
-        if new:
-            for word, enc in zip(new, self.tokenizer.encode_batch(new, add_special_tokens=False, truncation=False)):
-                self._pieces[word] = enc.ids
+        self._pieces.update(zip(new, self.tokenizer.word_pieces(new)))
 
     def encode(self, split, training):
         self._word_pieces(split.examples)
-        budget = self.max_length - 2
-        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        template = self.tokenizer.single_template  # [CLS] words [SEP], or the model's own specials
+        budget = self.max_length - template.specials
         label_ids = {label: i for i, label in enumerate(self.labels)}
         features = []
         for index, sentence in enumerate(split.examples):
@@ -325,16 +323,16 @@ class TagTask(Task):
                 self.issues.add(f"sentences longer than {self.max_length} tokens, split into windows",
                                 sentence.where)
             for first, last in chunks:
-                input_ids, starts, labels = [cls], [], [-100]
+                starts, labels, position = [], [-100] * len(template.prefix), len(template.prefix)
                 for w in range(first, last):
-                    starts.append(len(input_ids))
-                    input_ids += pieces[w]
+                    starts.append(position)
+                    position += len(pieces[w])
                     tag = label_ids[sentence.tags[w]] if training else -100
                     labels += [tag] + [-100] * (len(pieces[w]) - 1)
-                input_ids.append(sep)
-                labels.append(-100)
+                labels += [-100] * len(template.suffix)
+                input_ids, token_type_ids = template.build([p for w in range(first, last) for p in pieces[w]])
                 features.append({"sentence": index, "first_word": first, "input_ids": input_ids,
-                                 "token_type_ids": [0] * len(input_ids), "word_starts": starts, "labels": labels})
+                                 "token_type_ids": token_type_ids, "word_starts": starts, "labels": labels})
         return features
 
     def collate(self, features, training):

@@ -34,6 +34,7 @@ else:  # pragma: no cover
 @dataclass
 class ModelSection:
     size: str = "tiny"  # tiny | mini | small | medium | base | large
+    model_type: str = "bert"  # the family (bert, roberta, xlm-roberta, camembert, electra, distilbert); NSP is BERT's
     impl: str = "auto"  # auto: our Triton kernels on CUDA, the PyTorch reference elsewhere
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
@@ -82,6 +83,7 @@ class TrainSection:
     stop_at: int = 0  # stop after this step (a checkpoint is written there) to continue later with --resume
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     fused_mlm_loss: bool = False  # MLM loss through chunked linear + cross-entropy (no full logits)
+    objective: str = "mlm_nsp"  # mlm_nsp: BERT's MLM + next sentence prediction | mlm: masked LM alone (RoBERTa)
     peak_tflops: float = 0.0  # the device's peak for MFU; 0: known GPUs by name, none on the CPU
     progress: bool = True
     profile_steps: int = 0  # > 0: profile this many steps after the first 12 (torch.profiler) into RUN_DIR/profile

@@ -1,4 +1,5 @@
-"""The pretraining objective as a module: masked LM + next sentence prediction on a BertForPreTraining.
+"""The pretraining objective as a module: masked LM + next sentence prediction on a BertForPreTraining, or masked
+LM alone on a BertForMaskedLM of any family ("mlm", as RoBERTa pretrains: no nsp_loss, no NSP logits).
 
 The model's own forward runs the MLM head only at the labelled (masked) positions, about 15% of the tokens,
 and can take the loss through the chunked linear + cross-entropy (`fused_mlm_loss`), which never holds the
@@ -26,15 +27,35 @@ def masked_logits(prediction_logits: torch.Tensor, labels: torch.Tensor) -> torc
                      f"{tuple(labels.shape)} nor its {int(chosen.sum())} masked positions")
 
 
+OBJECTIVES = ("mlm_nsp", "mlm")
+
+
 class PretrainingObjective(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, objective: str = "mlm_nsp"):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} is not one of {OBJECTIVES}")
         self.model = model
+        self.objective = objective
+        # A model with one token type (RoBERTa's family) reads every token as segment A.
+        self.segments = model.config.family.token_types and model.config.type_vocab_size > 1
+
+    @property
+    def has_nsp(self) -> bool:
+        return self.objective == "mlm_nsp"
 
     def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label,
                 return_logits: bool = False) -> dict[str, torch.Tensor]:
-        """Losses (float32 scalars: loss, mlm_loss, nsp_loss); with return_logits also mlm_logits (masked,
-        vocab), mlm_labels (masked,) and nsp_logits (batch, 2)."""
+        """Losses (float32 scalars: loss, mlm_loss, nsp_loss (None for "mlm")); with return_logits also mlm_logits
+        (masked, vocab), mlm_labels (masked,) and nsp_logits (batch, 2) (None for "mlm")."""
+        token_type_ids = token_type_ids if self.segments else None
+        if not self.has_nsp:
+            out = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
+            result = {"loss": out.loss, "mlm_loss": out.loss, "nsp_loss": None}
+            if return_logits:
+                result.update(mlm_logits=masked_logits(out.logits, labels), mlm_labels=labels[labels != -100],
+                              nsp_logits=None)
+            return result
         out = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels,
                          next_sentence_label=next_sentence_label)
         result = {"loss": out.loss, "mlm_loss": out.mlm_loss, "nsp_loss": out.nsp_loss}

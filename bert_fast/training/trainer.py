@@ -36,14 +36,14 @@ from ..data.prepare import cached_store, cached_tokenizer
 from ..data.store import ExampleSettings
 from ..devices import resolve_device
 from ..errors import DataError, ResumeError, RunInterrupted, SettingError
-from ..modeling import BertForPreTraining
+from ..modeling import BertForMaskedLM, BertForPreTraining
 from ..tokenizer import BertTokenizer
 from . import distributed as D
 from .checkpointing import CheckpointManager
 from .config import PretrainConfig
 from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsLogger, Progress
-from .objective import PretrainingObjective
+from .objective import OBJECTIVES, PretrainingObjective
 from .optim import build_optimizer, linear_schedule
 from .precision import Precision
 from .profiling import StepProfiler
@@ -133,9 +133,9 @@ class Pretrainer:
         seed_everything(t.seed)
         self.model = self._build_model()
         torch.manual_seed(t.seed + 1000 * env.rank)  # each rank its own dropout masks
-        self.objective = PretrainingObjective(self.model)
+        self.objective = PretrainingObjective(self.model, t.objective)
         self.wrapped = D.wrap_model(self.objective, env, t.distributed, self.device,
-                                    units=list(self.model.bert.encoder.layer))
+                                    units=list(self.model.base_model.encoder.layer))
         self.sharded = D.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
         warmup = t.warmup_steps if t.warmup_steps >= 0 else round(t.warmup_ratio * self.total_steps)
@@ -213,8 +213,9 @@ class Pretrainer:
                     out = self.wrapped(**batch)
                 with self.profiler.range("backward"):
                     self.precision.backward(out["loss"] / phase.accumulation)
+            nsp_loss = out["nsp_loss"] if out["nsp_loss"] is not None else torch.zeros((), device=self.device)
             interval.sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
-                                          out["nsp_loss"].detach().double(), batch["attention_mask"].sum().double()])
+                                          nsp_loss.detach().double(), batch["attention_mask"].sum().double()])
         with self.profiler.range("optimizer"):
             clip = (lambda m: D.clip_grad_norm(self.model.parameters(), m)) if self.sharded else None
             grad_norm, stepped = self.precision.step(self.optimizer, self.model.parameters(),
@@ -251,6 +252,8 @@ class Pretrainer:
                   "tokens_per_s": tokens_per_s, "seq_len": phase.seq_len,
                   "mfu": tokens_per_s * mfu_of_tokens_per_s if mfu_of_tokens_per_s else None,
                   "skipped_steps": interval.skipped}
+        if not self.objective.has_nsp:
+            del record["nsp_loss"]
         if self.precision.scaler is not None:
             record["loss_scale"] = self.precision.scaler.get_scale()
         self.metrics.log(self.step, "train", record)
@@ -266,8 +269,10 @@ class Pretrainer:
         self.last_eval = self.evaluate(phase)
         if self.last_eval:
             self.metrics.log(self.step, "eval", self.last_eval)
-            self.progress.write(f"step {self.step}: eval mlm_acc {self.last_eval['mlm_accuracy']:.3f} ppl "
-                                f"{self.last_eval['perplexity']:.1f} nsp_acc {self.last_eval['nsp_accuracy']:.3f}")
+            ev = self.last_eval
+            nsp = f" nsp_acc {ev['nsp_accuracy']:.3f}" if "nsp_accuracy" in ev else ""
+            self.progress.write(f"step {self.step}: eval mlm_acc {ev['mlm_accuracy']:.3f} ppl "
+                                f"{ev['perplexity']:.1f}{nsp}")
 
     @torch.no_grad()
     def evaluate(self, phase: Phase) -> dict:
@@ -292,12 +297,15 @@ class Pretrainer:
                     out = runner(**batch, return_logits=True)
                 n_masked = out["mlm_labels"].numel()
                 n_seq = batch["next_sentence_label"].numel()
+                nsp = torch.zeros(2, dtype=torch.float64, device=self.device)
+                if out["nsp_loss"] is not None:
+                    nsp = torch.stack([out["nsp_loss"].double() * n_seq,
+                                       (out["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).sum().double()])
                 sums += weight * torch.stack([
                     out["mlm_loss"].double() * n_masked,
                     (out["mlm_logits"].argmax(-1) == out["mlm_labels"]).sum().double(),
                     torch.tensor(n_masked, dtype=torch.float64, device=self.device),
-                    out["nsp_loss"].double() * n_seq,
-                    (out["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).sum().double(),
+                    nsp[0], nsp[1],
                     torch.tensor(n_seq, dtype=torch.float64, device=self.device),
                 ])
         self.objective.train()
@@ -305,8 +313,11 @@ class Pretrainer:
             self.wrapped.reshard()
         mlm_loss, mlm_ok, masked, nsp_loss, nsp_ok, seqs = D.all_reduce_sum(sums, self.env).tolist()
         mlm_loss /= masked
-        return {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
-                "nsp_loss": nsp_loss / seqs, "nsp_accuracy": nsp_ok / seqs, "examples": int(seqs)}
+        result = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_ok / masked, "perplexity": math.exp(min(mlm_loss, 50.0)),
+                  "nsp_loss": nsp_loss / seqs, "nsp_accuracy": nsp_ok / seqs, "examples": int(seqs)}
+        if not self.objective.has_nsp:
+            del result["nsp_loss"], result["nsp_accuracy"]
+        return result
 
     # --- set-up ----------------------------------------------------------------------------------------
 
@@ -333,25 +344,36 @@ class Pretrainer:
         data = self.config.data
         for seq_len in sorted({p.seq_len for p in self.phases}):
             settings = ExampleSettings(seq_len, data.short_seq_prob, data.dupe_factor, data.eval_fraction,
-                                       data.shard_examples, self.config.train.seed)
+                                       data.shard_examples, self.config.train.seed,
+                                       random_next=self.config.train.objective == "mlm_nsp")
             folder = self._node_first(lambda s=settings: cached_store(
                 data.corpus or None, self.tokenizer, s, data.cache_dir or None, data.split_sentences))
             for p in self.phases:
                 if p.seq_len == seq_len:
                     p.store = folder
 
-    def _build_model(self) -> BertForPreTraining:
-        m = self.config.model
+    def _build_model(self) -> BertForPreTraining | BertForMaskedLM:
+        m, objective = self.config.model, self.config.train.objective
+        if objective not in OBJECTIVES:
+            raise SettingError(f"train.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if objective == "mlm_nsp" and m.model_type != "bert":
+            raise SettingError(f"next sentence prediction is BERT's objective; model_type={m.model_type!r} "
+                               "pretrains with --objective mlm")
+        family = {"model_type": m.model_type}
+        if m.model_type in ("roberta", "xlm-roberta", "camembert"):
+            family["type_vocab_size"] = 1
         bert_config = BertConfig.preset(
             m.size, vocab_size=self.tokenizer.vocab_size, pad_token_id=self.tokenizer.pad_token_id,
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-            max_position_embeddings=m.max_position_embeddings,
+            max_position_embeddings=m.max_position_embeddings, **family,
         )
         longest = max(p.seq_len for p in self.phases)
-        if longest > bert_config.max_position_embeddings:
-            raise SettingError(f"seq_len {longest} exceeds the model's max_position_embeddings="
+        positions = bert_config.family.max_sequence_length(bert_config)
+        if longest > positions:
+            raise SettingError(f"seq_len {longest} exceeds the {positions} positions of max_position_embeddings="
                                f"{bert_config.max_position_embeddings}")
-        model = BertForPreTraining(bert_config, impl=m.impl, fused_mlm_loss=self.config.train.fused_mlm_loss)
+        model_class = BertForPreTraining if objective == "mlm_nsp" else BertForMaskedLM
+        model = model_class(bert_config, impl=m.impl, fused_mlm_loss=self.config.train.fused_mlm_loss)
         return model.to(self.device)
 
     def _write_run_files(self) -> None:
@@ -400,7 +422,7 @@ class Pretrainer:
     def _save_model(self, folder: Path, full_parameters: dict | None) -> None:
         model = self.model
         if full_parameters is not None:  # sharded: an unsharded copy on the CPU
-            model = BertForPreTraining(self.model.config, impl="reference")
+            model = type(self.model)(self.model.config, impl="reference")
             D.load_full_parameters(model, full_parameters)
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
@@ -429,7 +451,7 @@ class Pretrainer:
         old, new = state["config"], self.config.to_dict()
         changed = _config_diff(old["data"], new["data"], self._DATA_KEYS)
         changed += [f"train.{c}" for c in _config_diff(old["train"], new["train"],
-                                                       ("batch_size", "micro_batch_size", "seed"))]
+                                                       ("batch_size", "micro_batch_size", "seed", "objective"))]
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
                               f"({'; '.join(changed)})")
@@ -449,7 +471,7 @@ class Pretrainer:
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            whole = BertForPreTraining(self.model.config, impl="reference")
+            whole = type(self.model)(self.model.config, impl="reference")
             load_state_into(whole, read_state_dict(path / "model"))
             D.load_full_parameters(self.model, D.full_parameters(whole))
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
