@@ -43,6 +43,7 @@ from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsLogger, Progress
 from .objective import PretrainingObjective
 from .optim import build_optimizer, linear_schedule
+from .packing import check_packing, training_batches
 from .precision import Precision
 from .profiling import StepProfiler
 from .rng import rng_state, seed_everything, set_rng_state
@@ -154,11 +155,7 @@ class Pretrainer:
 
     def _build_model(self, tokenizer: BertTokenizer) -> BertForPreTraining:
         m = self.config.model
-        bert_config = BertConfig.preset(
-            m.size, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-            max_position_embeddings=m.max_position_embeddings,
-        )
+        bert_config = m.bert_config(tokenizer.vocab_size, tokenizer.pad_token_id)  # the preset, any field changed
         longest = max(p.seq_len for p in self.phases)
         if longest > bert_config.max_position_embeddings:
             raise ValueError(f"seq_len {longest} exceeds the model's max_position_embeddings="
@@ -170,7 +167,8 @@ class Pretrainer:
 
     # Settings a resumed run must share with its checkpoint: they fix what each step's batch holds.
     _DATA_KEYS = ("corpus", "tokenizer", "vocab_size", "lowercase", "split_sentences", "seq_len", "short_seq_prob",
-                  "dupe_factor", "eval_fraction", "shard_examples", "mlm_probability", "whole_word_masking")
+                  "dupe_factor", "eval_fraction", "shard_examples", "mlm_probability", "whole_word_masking",
+                  "packing", "max_examples_per_row")
 
     def _save_checkpoint(self, step: int) -> None:
         rng = D.gather_objects(rng_state(), self.env)
@@ -228,7 +226,7 @@ class Pretrainer:
         old = state["config"]
         changed = _config_diff(old["data"], self.config.to_dict()["data"], self._DATA_KEYS)
         changed += [f"train.{c}" for c in _config_diff(old["train"], self.config.to_dict()["train"],
-                                                       ("batch_size", "micro_batch_size", "seed"))]
+                                                       ("batch_size", "micro_batch_size", "batch_tokens", "seed"))]
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
                               f"({'; '.join(changed)})")
@@ -378,8 +376,9 @@ class Pretrainer:
         for phase in phases:
             if step >= phase.end or step >= stop:
                 continue
-            dataset = PretrainingBatches(phase.store, "train", phase.micro_batch_size, t.seed, self.masking,
-                                         self.special_ids, tokenizer.vocab_size)
+            # Unpacked or packed micro-batches (training/packing.py).
+            dataset = training_batches(config, phase, self.masking, self.special_ids, tokenizer.vocab_size,
+                                       env.world_size, log=env.is_main)
             indices = micro_batch_indices(step - phase.start, min(phase.end, stop) - phase.start, phase.accumulation,
                                           env.world_size, env.rank)
             batches = iter(make_loader(dataset, indices, workers, pin_memory=device.type == "cuda"))
@@ -480,4 +479,5 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict:
     """Run (or continue) a pretraining run; returns its summary."""
     if config.data.seq_len < 8:
         raise DataError(f"seq_len must be at least 8, got {config.data.seq_len}")
+    check_packing(config)
     return Pretrainer(config, resume).run()
