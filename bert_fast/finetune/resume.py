@@ -25,7 +25,7 @@ logger = logging.getLogger("bert_fast")
 
 STATE_FILE = "state.pt"
 # Settings that decide what each step computes: a checkpoint continues only a run that shares them.
-RUN_KEYS = ("task", "train", "epochs", "lr", "batch_size", "warmup", "weight_decay", "max_grad_norm", "max_length",
+RUN_KEYS = ("task", "train", "epochs", "lr", "batch_size", "batch_tokens", "warmup", "weight_decay", "max_grad_norm", "max_length",
             "max_steps", "seed", "doc_stride", "max_query_length", "text_columns", "label_column", "labels",
             "regression")
 

@@ -40,6 +40,7 @@ from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
 from . import resume
+from .batching import token_steps
 from .issues import DataError, Issues
 from .tasks import TASKS, Split, Task, sequence_length
 
@@ -61,6 +62,7 @@ class FinetuneConfig:
     lr: float = 3e-5
     batch_size: int = 32  # examples per optimizer step, over all ranks and accumulation steps
     micro_batch_size: int | None = None  # examples per rank per forward; None: batch_size / ranks
+    batch_tokens: int | None = None  # padded tokens per step, batches drawn by length (batching.py); None: batch_size
     eval_batch_size: int = 128
     warmup: float = 0.1  # fraction of the steps
     weight_decay: float = 0.01
@@ -95,7 +97,7 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {sorted(TASKS)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "micro_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "micro_batch_size", "batch_tokens"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
@@ -171,11 +173,11 @@ def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, pr
     model.train()
     device = next(model.parameters()).device
     pieces = accumulation * env.world_size
-    starts = range(0, steps_per_epoch(len(features), cfg.batch_size, pieces) * cfg.batch_size, cfg.batch_size)
-    starts = starts[skip:] if max_steps is None else starts[skip:skip + max_steps]
+    batches = epoch_batches(features, order, cfg, pieces)
+    batches = batches[skip:] if max_steps is None else batches[skip:skip + max_steps]
     loss_sum, tokens, steps = torch.zeros((), dtype=torch.float64, device=device), 0, 0
-    for start in tqdm(starts, desc="train", leave=False, disable=None if env.is_main else True):
-        chunk = micro_batches([features[i] for i in order[start:start + cfg.batch_size]], pieces)
+    for chosen in tqdm(batches, desc="train", leave=False, disable=None if env.is_main else True):
+        chunk = micro_batches([features[i] for i in chosen], pieces)
         for a in range(accumulation):
             batch = task.collate(chunk[a * env.world_size + env.rank], training=True)
             tokens += int(batch["attention_mask"].sum())  # counted on the host: no device sync per step
@@ -193,6 +195,15 @@ def train_epoch(model, task: Task, features: list[dict], optimizer, schedule, pr
         if after_step is not None and after_step(skip + steps, loss_sum, tokens):
             break
     return {"loss_sum": loss_sum, "tokens": tokens, "steps": steps}
+
+
+def epoch_batches(features: list[dict], order: list[int], cfg: FinetuneConfig, pieces: int) -> list[list[int]]:
+    """Each step's feature indices for an epoch in `order`: batch_size at a time, or drawn by length within
+    batch_tokens (batching.py). How many steps an epoch has does not depend on the order."""
+    if cfg.batch_tokens:
+        return token_steps(features, order, cfg.batch_tokens, pieces)
+    starts = range(0, steps_per_epoch(len(features), cfg.batch_size, pieces) * cfg.batch_size, cfg.batch_size)
+    return [order[start:start + cfg.batch_size] for start in starts]
 
 
 def reduce_sums(loss_sum: torch.Tensor, tokens: int, env: D.DistEnv) -> tuple[float, int]:
@@ -287,7 +298,8 @@ def _finetune(cfg: FinetuneConfig, env: D.DistEnv) -> dict:
 
     model = task.model_class.from_pretrained(cfg.model, impl=cfg.impl, **task.model_overrides()).to(device)
     wrapped = D.wrap_model(model, env, "ddp", device)  # DDP starts every rank from rank 0's weights
-    total_steps = steps_per_epoch(len(train.features), cfg.batch_size, accumulation * env.world_size) * cfg.epochs
+    total_steps = len(epoch_batches(train.features, list(range(len(train.features))), cfg,
+                                    accumulation * env.world_size)) * cfg.epochs
     if total_steps == 0:
         raise ValueError(f"{len(train.features)} training example(s) cannot fill the {accumulation * env.world_size} "
                          "micro-batches of one step")
