@@ -18,7 +18,9 @@ Two packers:
 
 Batches are a function of their index, as unpacked ones are (loader.py), so exact resume needs only the step.
 Online packing makes the number of micro-batches of an epoch depend on its shuffle: finding micro-batch j packs
-the epochs before it once (a pass over the example lengths each, kept as counts).
+the epochs before it once (a pass over the example lengths each, kept as counts). An epoch's last online
+micro-batch, which holds whatever is left, is dropped, as an unpacked epoch drops its remainder; offline, the rows
+beyond a whole number of micro-batches are.
 
 Static shapes, the same for every micro-batch of a phase (`PackedBudgets`), so a step can be captured once:
   input_ids, attention_mask, token_type_ids, position_ids   (rows, row_len)
@@ -353,6 +355,8 @@ class PackedPretrainingBatches(PretrainingBatches):
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.store))
             slots = pack_online(self.lengths[order], self.budgets.row_len, self.budgets.rows, self.max_per_row,
                                 self.lookahead)
+            if len(slots) > 1:  # the last takes what is left, often little: dropped, as an unpacked epoch's rest is
+                slots = slots[:-1]
             plan = np.where(slots >= 0, order[np.maximum(slots, 0)], -1)
         self._plan = (epoch, plan)
         return plan
