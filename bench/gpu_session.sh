@@ -12,6 +12,8 @@
 #   bash bench/gpu_session.sh impl-e2e       mini / small / base: the fused path against our own reference path
 #   bash bench/gpu_session.sh pretrain ARGS  bench_pretrain (bf16 fast path vs fp32 reference convergence, tokens/s)
 #   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data; --name finetune_gpu)
+#   bash bench/gpu_session.sh packed-pretrain ARGS  bench_packed_pretrain (packed vs unpacked pretraining at S512,
+#                                            real tok/s and held-out MLM loss; HF sdpa as the peer)
 # The data these two read on a host without gensim and the checkpoint wheel: python -m bench.device_data (NOTES §4).
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
@@ -88,6 +90,9 @@ case "${1:-tests}" in
     python -m bench.bench_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_pretrain.log"
     save bench_pretrain.jsonl pretrain_convergence.png pretrain_profile_ours-bf16-triton.txt \
       pretrain_profile_ours-fp32-reference.txt ;;
+  packed-pretrain)  # BERT-base S512 on the Wikipedia sample: packed vs unpacked real tok/s and held-out loss, HF sdpa
+    python -m bench.bench_packed_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_packed_pretrain.log"
+    save packed_pretrain.jsonl ;;
   finetune)
     python -m bench.bench_finetune "${@:2}" 2>&1 | tee "$OUT/bench_finetune.log"
     save finetune.jsonl finetune_gpu.jsonl ;;  # finetune_gpu: the --name the GPU rows are kept under
