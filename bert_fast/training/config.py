@@ -10,6 +10,9 @@ recipe for BERT-base is, as overrides:
     [train]  steps = 1000000, batch_size = 256, lr = 1e-4, warmup_steps = 10000
     [phase2] (its 90%/10% variant: steps = 900000 at 128 above, then) steps = 100000, seq_len = 512
 
+Packed rows (MLPerf's way): [data] packing = "offline" (or "online"); a step is then train.batch_tokens token
+slots (rows of seq_len), holding a varying number of whole examples (training/packing.py).
+
 A file sets what it names; command-line flags and `--set section.key=value` override it; the resolved config
 is written to the run folder as config.toml (which `--config` reads back).
 """

@@ -259,6 +259,14 @@ def test_print_config_shows_the_embedded_default(capsys):
     assert 'size = "tiny"' in text and "corpus = []" in text and "seq_len = 128" in text
 
 
+def test_cli_packing_flags(capsys):
+    assert main(["pretrain", "--packing", "offline", "--batch-tokens", "4096", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert 'packing = "offline"' in text and "batch_tokens = 4096" in text
+    with pytest.raises(SystemExit, match="data.packing = 'sometimes' is not one of"):
+        main(["pretrain", "--set", "data.packing=sometimes", "--print-config"])
+
+
 def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
     out = tmp_path / "tok"
     assert main(["tokenizer", "train", "--corpus", str(corpus_file), "--vocab-size", "300", "--out", str(out)]) == 0
