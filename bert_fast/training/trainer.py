@@ -223,7 +223,7 @@ class Pretrainer:
         if changed:
             raise ResumeError(f"cannot resume from {path}: the model config changed ({'; '.join(changed)}); use the "
                               "original settings, or start a new run with another --out")
-        old = state["config"]
+        old = PretrainConfig.from_dict(state["config"]).to_dict()  # settings newer than the checkpoint: defaults
         changed = _config_diff(old["data"], self.config.to_dict()["data"], self._DATA_KEYS)
         changed += [f"train.{c}" for c in _config_diff(old["train"], self.config.to_dict()["train"],
                                                        ("batch_size", "micro_batch_size", "batch_tokens", "seed"))]

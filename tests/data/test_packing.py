@@ -148,6 +148,13 @@ def test_packed_batches_depend_only_on_their_index(setup, packing):
     assert not np.array_equal(ds.slots_of(0), ds.slots_of(ds.per_epoch))  # epochs shuffle differently
 
 
+def test_whole_word_masking_fits_the_masked_budget(setup):
+    ds = _packed(setup, "online", rows=4, whole_word=True)
+    for j in range(0, ds.per_epoch, 3):
+        batch = ds[j]
+        assert 0 < int((batch["mlm_labels"] != -100).sum()) <= ds.budgets.masked
+
+
 def test_offline_packs_are_decided_once_and_kept_in_the_store(setup):
     folder = setup[1]
     store = ExampleStore(folder, "train")

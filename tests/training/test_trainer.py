@@ -81,6 +81,20 @@ def test_resume_is_exact_with_packing(tiny_config, tmp_path, packing, batch_toke
         pretrain(interrupted, resume=True)
 
 
+def test_a_checkpoint_from_before_the_packing_settings_resumes(tiny_config):
+    """A checkpoint whose saved config predates data.packing, max_examples_per_row and batch_tokens reads them
+    as their defaults."""
+    tiny_config.train.stop_at = 2
+    pretrain(tiny_config)
+    state_path = Path(tiny_config.out) / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=False)
+    for section, key in (("data", "packing"), ("data", "max_examples_per_row"), ("train", "batch_tokens")):
+        del state["config"][section][key]
+    torch.save(state, state_path)
+    tiny_config.train.stop_at = 3
+    assert pretrain(tiny_config, resume=True)["start_step"] == 2
+
+
 def test_packing_settings_are_checked_before_anything_is_built(tiny_config):
     tiny_config.train.batch_tokens = 1024
     with pytest.raises(ValueError, match="set data.packing to 'online' or 'offline'"):
