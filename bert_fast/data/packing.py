@@ -222,8 +222,8 @@ def pack_examples(batch: dict[str, torch.Tensor], row_of: np.ndarray, budgets: P
     lengths = real.sum(dim=1)
     row_of = torch.as_tensor(np.asarray(row_of), dtype=torch.long)
     n, rows, row_len = len(lengths), budgets.rows, budgets.row_len
-    if len(row_of) != n or (n and (row_of.diff() < 0).any()) or (n and not 0 <= int(row_of.min()) <= int(
-            row_of.max()) < rows):
+    misplaced = n and ((row_of.diff() < 0).any() or int(row_of.min()) < 0 or int(row_of.max()) >= rows)
+    if len(row_of) != n or misplaced:
         raise DataError(f"packing: {n} examples need one row each in [0, {rows}), in non-decreasing order")
     per_row = torch.bincount(row_of, minlength=rows)
     if int(per_row.max()) > budgets.max_per_row:
@@ -248,7 +248,7 @@ def pack_examples(batch: dict[str, torch.Tensor], row_of: np.ndarray, budgets: P
     masked = (labels != -100).nonzero().flatten()
     if len(masked) > budgets.masked:
         raise DataError(f"packing: {len(masked)} masked positions, more than the budget of {budgets.masked} (whole "
-                        "words longer than the slack of masking.WHOLE_WORD_SLACK pieces in short examples)")
+                        "words of more pieces than packing.WHOLE_WORD_SLACK in short examples)")
     mlm_positions = torch.zeros(budgets.masked, dtype=torch.long)
     mlm_labels = torch.full((budgets.masked,), -100, dtype=torch.long)
     mlm_positions[:len(masked)] = masked
