@@ -14,6 +14,8 @@
 #   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data; --name finetune_gpu)
 #   bash bench/gpu_session.sh families       the BERT family on the GPU: its gpu tests (RoBERTa-/XLM-R-base bf16 parity,
 #                                            packed positions), then bench_families (bf16 inference vs HF sdpa, parity)
+#   bash bench/gpu_session.sh packed-pretrain ARGS  bench_packed_pretrain (packed vs unpacked pretraining at S512,
+#                                            real tok/s and held-out MLM loss; HF sdpa as the peer)
 # The data these two read on a host without gensim and the checkpoint wheel: python -m bench.device_data (NOTES §4).
 # Runs from the source tree (no install): the image has torch, triton and transformers. Logs and result rows are
 # copied to $OUT (the device tool's folder) when it is set, else to bench/results/. Each step copies its rows as
@@ -90,6 +92,9 @@ case "${1:-tests}" in
     python -m bench.bench_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_pretrain.log"
     save bench_pretrain.jsonl pretrain_convergence.png pretrain_profile_ours-bf16-triton.txt \
       pretrain_profile_ours-fp32-reference.txt ;;
+  packed-pretrain)  # BERT-base S512 on the Wikipedia sample: packed vs unpacked real tok/s and held-out loss, HF sdpa
+    python -m bench.bench_packed_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_packed_pretrain.log"
+    save packed_pretrain.jsonl ;;
   finetune)
     python -m bench.bench_finetune "${@:2}" 2>&1 | tee "$OUT/bench_finetune.log"
     save finetune.jsonl finetune_gpu.jsonl ;;  # finetune_gpu: the --name the GPU rows are kept under

@@ -23,6 +23,7 @@ from .config import BertConfig, ConfigError
 from .families import register_renames
 from .inputs import check_inputs, check_packed_inputs
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
+from .packed import flattened_sequences, forward_flattened
 
 logger = logging.getLogger("bert_fast")
 
@@ -297,11 +298,21 @@ class BertModel(BertPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         return_packed: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> BertModelOutput:
         """Encode a padded batch. Outputs are (batch, seq, hidden) with zeros at padded positions on the packed
         path; with return_packed=True, last_hidden_state is (tokens, hidden) over real tokens only, sequence after
         sequence, and the output carries cu_seqlens and the flat indices of those tokens in (batch * seq).
+
+        A flattened batch (transformers' DataCollatorWithFlattening: input_ids (1, tokens) with position_ids that
+        restart per sequence, or cu_seqlens) encodes each sequence alone; see packed.forward_flattened.
         """
+        # Flattened inputs from outside (packed.py): a separate path, recognised here.
+        flat = flattened_sequences(input_ids, attention_mask, position_ids, cu_seqlens)
+        if flat is not None:
+            return forward_flattened(self, input_ids, flat, max_seqlen, token_type_ids, position_ids,
+                                     output_hidden_states, return_packed)
         hidden, layout, all_hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                                  output_hidden_states)
         pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None

@@ -11,6 +11,11 @@ concatenates them per call into the single fused QKV projection our layers use.
 A call that asks for something the fused encoder does not serve (attention maps, head masks, inputs_embeds,
 cross-attention or decoder use, a non-2-D mask, gradient checkpointing) runs transformers' own forward for that
 call. The patch is per instance: other models of the same class are unaffected.
+
+Flattened batches (transformers' DataCollatorWithFlattening, for padding-free training with a transformers
+Trainer) are served: input_ids (1, tokens) with position_ids restarting per sequence, or the collator's
+cu_seq_lens_q / cu_seq_lens_k / max_length_q / max_length_k, or seq_idx. Each sequence is encoded alone;
+last_hidden_state is (1, tokens, hidden) and pooler_output has one row per sequence.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ACTIVATIONS, BertConfig, ConfigError
+from .config import ACTIVATIONS, BertConfig
+from .errors import ConfigError, InputError
 from .modeling import BertModel
+from .packed import flattened_sequences
 
 logger = logging.getLogger("bert_fast")
 
@@ -31,7 +38,11 @@ _SHADOW = "_bert_fast_shadow"
 # Keyword arguments the fused forward understands; anything else sends the call to transformers' forward.
 _SERVED = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "output_hidden_states", "return_dict",
            "inputs_embeds", "head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
-           "cache", "use_cache", "output_attentions", "cache_position"}
+           "cache", "use_cache", "output_attentions", "cache_position",
+           # a flattened batch's boundaries (DataCollatorWithFlattening): see _flattened_arguments
+           "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
+           # what a transformers Trainer passes for the loss's normalisation; the encoder has no use for it
+           "num_items_in_batch"}
 
 
 class ConcatQKV(nn.Module):
@@ -164,6 +175,20 @@ def _call_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> 
         else:
             call[name] = value
     return call
+def _flattened_arguments(call: dict) -> dict:
+    """The flattened-batch keywords transformers passes (DataCollatorWithFlattening's flash-attention and seq_idx
+    outputs) as our forward's cu_seqlens and max_seqlen. Restarting position_ids alone need nothing here: our
+    forward recognises them itself (packed.flattened_sequences)."""
+    cu_q, cu_k = call.get("cu_seq_lens_q"), call.get("cu_seq_lens_k")
+    if cu_q is not None and cu_k is not None and not torch.equal(cu_q.to(cu_k.device), cu_k):
+        raise InputError("cu_seq_lens_q and cu_seq_lens_k differ: an encoder attends within the same sequences")
+    cu_seqlens = cu_q if cu_q is not None else cu_k
+    if cu_seqlens is None and call.get("seq_idx") is not None:
+        cu_seqlens = flattened_sequences(call["input_ids"], None, None, seq_idx=call["seq_idx"])
+    if cu_seqlens is None:
+        return {}
+    max_seqlen = call.get("max_length_q") or call.get("max_length_k")
+    return {"cu_seqlens": cu_seqlens, "max_seqlen": int(max_seqlen) if max_seqlen else None}
 
 
 def _fused_forward(hf_bert, original_forward):
@@ -190,7 +215,8 @@ def _fused_forward(hf_bert, original_forward):
         want_hidden = call.get("output_hidden_states")
         if want_hidden is None:
             want_hidden = getattr(hf_bert.config, "output_hidden_states", False)
-        out = shadow(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=bool(want_hidden))
+        out = shadow(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=bool(want_hidden),
+                     **_flattened_arguments(call))
         if shadow.config.family.pooler:
             result = BaseModelOutputWithPoolingAndCrossAttentions(
                 last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,

@@ -50,6 +50,9 @@ def add_arguments(parser) -> None:
     recipe.add_argument("--epochs", type=int, help=shown("epochs"))
     recipe.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
     recipe.add_argument("--batch-size", type=int, help=shown("batch_size", "examples per step, over all ranks"))
+    recipe.add_argument("--batch-tokens", type=int,
+                        help="padded tokens per step instead of --batch-size examples: batches drawn by length, "
+                             "examples of one width (a multiple of 8) each")
     recipe.add_argument("--micro-batch-size", type=int,
                         help="examples per rank per forward; accumulate the gradients of the rest "
                              "(default: batch size / ranks)")
@@ -96,10 +99,10 @@ def add_data_arguments(parser, shown, training: bool) -> None:
     qa.add_argument("--squad-version", type=int, choices=[1, 2])
 
 
-_SETTINGS = ("test", "epochs", "lr", "batch_size", "micro_batch_size", "eval_batch_size", "warmup", "weight_decay",
-             "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision", "text_columns",
-             "label_column", "labels", "metric", "doc_stride", "max_query_length", "max_answer_length", "n_best",
-             "null_threshold", "squad_version", "checkpoint_every", "keep_checkpoints", "stop_at")
+_SETTINGS = ("test", "epochs", "lr", "batch_size", "batch_tokens", "micro_batch_size", "eval_batch_size", "warmup",
+             "weight_decay", "max_grad_norm", "max_length", "max_steps", "seed", "impl", "device", "precision",
+             "text_columns", "label_column", "labels", "metric", "doc_stride", "max_query_length", "max_answer_length",
+             "n_best", "null_threshold", "squad_version", "checkpoint_every", "keep_checkpoints", "stop_at")
 
 
 def given_settings(args) -> dict:

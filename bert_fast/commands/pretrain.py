@@ -30,6 +30,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seq-len", type=int, help="sequence length of the examples (default 128)")
     parser.add_argument("--batch-size", type=int, help="examples per optimizer step, all ranks together (default 32)")
     parser.add_argument("--micro-batch-size", type=int, help="examples per rank per forward (gradient accumulation)")
+    parser.add_argument("--packing", choices=["none", "online", "offline"],
+                        help="several whole examples per row of seq-len (default none); the run logs the padding "
+                             "before and after")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="packed: token slots per optimizer step (default batch size x seq len)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 300)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
@@ -54,7 +59,7 @@ _FLAGS = {
     "seq_len": "data.seq_len", "batch_size": "train.batch_size", "micro_batch_size": "train.micro_batch_size",
     "steps": "train.steps", "lr": "train.lr", "precision": "train.precision", "impl": "model.impl",
     "device": "train.device", "whole_word_masking": "data.whole_word_masking", "out": "out",
-    "objective": "train.objective",
+    "objective": "train.objective", "packing": "data.packing", "batch_tokens": "train.batch_tokens",
 }
 
 

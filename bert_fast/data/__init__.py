@@ -1,9 +1,11 @@
-"""Pretraining data: corpus readers, sentence splitting, example creation, the sharded store, masking, loaders."""
+"""Pretraining data: corpus readers, sentence splitting, example creation, the sharded store, masking, loaders,
+packing."""
 
 from ..errors import DataError
 from .corpus import CorpusError, CorpusStats, read_documents, wikipedia_sample_path
 from .loader import PretrainingBatches, make_loader, micro_batch_indices
 from .masking import MaskingSettings, mask_tokens
+from .packing import PackedBudgets, PackedPretrainingBatches, pack_histogram, pack_online
 from .prepare import cached_store, cached_tokenizer, default_cache_dir, train_tokenizer
 from .sentences import split_sentences
 from .store import ExampleSettings, ExampleStore, write_store
@@ -15,6 +17,8 @@ __all__ = [
     "ExampleSettings",
     "ExampleStore",
     "MaskingSettings",
+    "PackedBudgets",
+    "PackedPretrainingBatches",
     "PretrainingBatches",
     "cached_store",
     "cached_tokenizer",
@@ -22,6 +26,8 @@ __all__ = [
     "make_loader",
     "mask_tokens",
     "micro_batch_indices",
+    "pack_histogram",
+    "pack_online",
     "read_documents",
     "split_sentences",
     "train_tokenizer",

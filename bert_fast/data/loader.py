@@ -78,10 +78,13 @@ class PretrainingBatches(Dataset):
         if j < 0 or (not self.shuffle and j >= self.per_epoch):
             raise IndexError(j)
         ids, meta, words = self.store.rows(self.rows_of(j))
+        return collate(ids, meta, words, self, self.generator_of(j))
+
+    def generator_of(self, j: int) -> torch.Generator:
+        """The generator micro-batch j draws its masks from: seeded by (seed, split's stream, j) alone."""
         stream = _EVAL_STREAM if not self.shuffle else 0
         seed = int(np.random.SeedSequence([self.seed, stream, j]).generate_state(1, dtype=np.uint64)[0] >> 1)
-        generator = torch.Generator().manual_seed(seed)
-        return collate(ids, meta, words, self, generator)
+        return torch.Generator().manual_seed(seed)
 
 
 def collate(ids: np.ndarray, meta: np.ndarray, words: np.ndarray, ds: PretrainingBatches,

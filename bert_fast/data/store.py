@@ -221,6 +221,12 @@ class ExampleStore:
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    def lengths(self) -> np.ndarray:
+        """(n,) int64: every example's length in tokens, [CLS] and [SEP]s included."""
+        if not self._shards:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.asarray(s["meta"][:, 0], dtype=np.int64) for s in self._shards])
+
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids (n, S) int64, meta (n, 3) int64, word_start (n, S) bool) for global row indices."""
         indices = np.asarray(indices, dtype=np.int64)

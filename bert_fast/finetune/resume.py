@@ -27,8 +27,9 @@ logger = logging.getLogger("bert_fast")
 
 # Settings that decide what each step computes: a checkpoint continues only a run that shares them.
 # The total steps (epochs, max_steps) may change: the schedule then decays over the new total from the checkpoint on.
-RUN_KEYS = ("task", "train", "lr", "batch_size", "warmup", "weight_decay", "max_grad_norm", "max_length", "seed",
-            "doc_stride", "max_query_length", "text_columns", "label_column", "labels", "regression")
+RUN_KEYS = ("task", "train", "lr", "batch_size", "batch_tokens", "warmup", "weight_decay", "max_grad_norm",
+            "max_length", "seed", "doc_stride", "max_query_length", "text_columns", "label_column", "labels",
+            "regression")
 
 
 @dataclass

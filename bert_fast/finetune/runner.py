@@ -45,6 +45,7 @@ from ..training import distributed as D
 from ..training.checkpointing import CheckpointManager
 from ..training.runs import accumulation_steps, run_folder, settings_for_resume
 from . import resume
+from .batching import token_steps
 from .issues import Issues
 from .tasks import TASKS, Split, Task, sequence_length
 
@@ -66,6 +67,7 @@ class FinetuneConfig:
     lr: float = 3e-5
     batch_size: int = 32  # examples per optimizer step, over all ranks and accumulation steps
     micro_batch_size: int | None = None  # examples per rank per forward; None: batch_size / ranks
+    batch_tokens: int | None = None  # padded tokens per step, batches drawn by length (batching.py); None: batch_size
     eval_batch_size: int = 128
     warmup: float = 0.1  # fraction of the steps
     weight_decay: float = 0.01
@@ -100,7 +102,7 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise SettingError(f"task {self.task!r} is not one of {sorted(TASKS)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "micro_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "micro_batch_size", "batch_tokens"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise SettingError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
@@ -176,10 +178,10 @@ def train_steps(model, task: Task, features: list[dict], optimizer, schedule, pr
     model.train()
     device = next(model.parameters()).device
     pieces = accumulation * env.world_size
-    starts = range(0, steps_per_epoch(len(features), cfg.batch_size, pieces) * cfg.batch_size, cfg.batch_size)
-    starts = starts[skip:] if max_steps is None else starts[skip:skip + max_steps]
-    for start in tqdm(starts, desc="train", leave=False, disable=None if env.is_main else True):
-        chunk = micro_batches([features[i] for i in order[start:start + cfg.batch_size]], pieces)
+    batches = epoch_batches(features, order, cfg, pieces)
+    batches = batches[skip:] if max_steps is None else batches[skip:skip + max_steps]
+    for chosen in tqdm(batches, desc="train", leave=False, disable=None if env.is_main else True):
+        chunk = micro_batches([features[i] for i in chosen], pieces)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         tokens = 0
         for a in range(accumulation):
@@ -196,6 +198,15 @@ def train_steps(model, task: Task, features: list[dict], optimizer, schedule, pr
         if stepped:
             schedule.step()
         yield step_loss, tokens
+
+
+def epoch_batches(features: list[dict], order: list[int], cfg: FinetuneConfig, pieces: int) -> list[list[int]]:
+    """Each step's feature indices for an epoch in `order`: batch_size at a time, or drawn by length within
+    batch_tokens (batching.py). How many steps an epoch has does not depend on the order."""
+    if cfg.batch_tokens:
+        return token_steps(features, order, cfg.batch_tokens, pieces)
+    starts = range(0, steps_per_epoch(len(features), cfg.batch_size, pieces) * cfg.batch_size, cfg.batch_size)
+    return [order[start:start + cfg.batch_size] for start in starts]
 
 
 def reduce_sums(loss_sum: torch.Tensor, tokens: int, env: D.DistEnv) -> tuple[float, int]:
@@ -297,7 +308,8 @@ class FinetuneRun:
 
     def _total_steps(self) -> int:
         pieces = self.accumulation * self.env.world_size
-        total = steps_per_epoch(len(self.train_split.features), self.cfg.batch_size, pieces) * self.cfg.epochs
+        features = self.train_split.features
+        total = len(epoch_batches(features, list(range(len(features))), self.cfg, pieces)) * self.cfg.epochs
         if total == 0:
             raise DataError(f"{len(self.train_split.features)} training example(s) cannot fill the {pieces} "
                             "micro-batches of one step")

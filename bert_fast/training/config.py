@@ -10,6 +10,9 @@ recipe for BERT-base is, as overrides:
     [train]  steps = 1000000, batch_size = 256, lr = 1e-4, warmup_steps = 10000
     [phase2] (its 90%/10% variant: steps = 900000 at 128 above, then) steps = 100000, seq_len = 512
 
+Packed rows (MLPerf's way): [data] packing = "offline" (or "online"); a step is then train.batch_tokens token
+slots (rows of seq_len), holding a varying number of whole examples (training/packing.py).
+
 A file sets what it names; command-line flags and `--set section.key=value` override it; the resolved config
 is written to the run folder as config.toml (which `--config` reads back).
 """
@@ -31,14 +34,55 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+CHOICES = {"data.packing": ("none", "online", "offline")}
+
+
 @dataclass
 class ModelSection:
-    size: str = "tiny"  # tiny | mini | small | medium | base | large
+    size: str = "tiny"  # tiny | mini | small | medium | base | large: the preset the fields below change
     model_type: str = "bert"  # the family (bert, roberta, xlm-roberta, camembert, electra, distilbert); NSP is BERT's
     impl: str = "auto"  # auto: our Triton kernels on CUDA, the PyTorch reference elsewhere
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     max_position_embeddings: int = 512
+    # Any other BertConfig field; 0 or "" keeps the preset's value (intermediate_size: 4 x hidden_size).
+    num_hidden_layers: int = 0
+    hidden_size: int = 0
+    num_attention_heads: int = 0
+    intermediate_size: int = 0
+    vocab_size: int = 0  # 0: the tokenizer's; larger (e.g. a multiple of 64) leaves unused rows
+    type_vocab_size: int = 0
+    hidden_act: str = ""
+    initializer_range: float = 0.0
+    layer_norm_eps: float = 0.0
+
+    def bert_config(self, tokenizer_vocab_size: int, pad_token_id: int):
+        """The BertConfig this section describes, for a tokenizer of tokenizer_vocab_size pieces."""
+        from ..config import BertConfig
+        from ..errors import ConfigError
+
+        if self.vocab_size and self.vocab_size < tokenizer_vocab_size:
+            raise ConfigFileError(f"model.vocab_size={self.vocab_size} is smaller than the tokenizer's "
+                                  f"{tokenizer_vocab_size} pieces")
+        chosen = {name: getattr(self, name) for name in _MODEL_FIELDS if getattr(self, name)}
+        if "hidden_size" in chosen and "intermediate_size" not in chosen:
+            chosen["intermediate_size"] = 4 * chosen["hidden_size"]
+        chosen["model_type"] = self.model_type
+        if self.model_type in ("roberta", "xlm-roberta", "camembert"):
+            chosen.setdefault("type_vocab_size", 1)  # one segment, as the family's checkpoints have it
+        try:
+            return BertConfig.preset(
+                self.size, **{"vocab_size": tokenizer_vocab_size, **chosen}, pad_token_id=pad_token_id,
+                hidden_dropout_prob=self.hidden_dropout_prob,
+                attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+                max_position_embeddings=self.max_position_embeddings)
+        except ConfigError as e:
+            raise ConfigFileError(f"[model]: {e}") from e
+
+
+# ModelSection's fields that are BertConfig's own (beside the dropouts and positions, always set).
+_MODEL_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+                 "type_vocab_size", "hidden_act", "initializer_range", "layer_norm_eps")
 
 
 @dataclass
@@ -55,6 +99,8 @@ class DataSection:
     shard_examples: int = 65536
     mlm_probability: float = 0.15
     whole_word_masking: bool = False
+    packing: str = "none"  # none | online (best fit per micro-batch) | offline (rows fixed once per store)
+    max_examples_per_row: int = 3  # of a packed row
     num_workers: int = -1  # DataLoader workers per rank; -1: 2 on CUDA, 1 on the CPU
     cache_dir: str = ""  # tokenizer and example stores; empty: $BERT_FAST_CACHE or ~/.cache/bert_fast
 
@@ -64,6 +110,9 @@ class TrainSection:
     steps: int = 300  # optimizer steps (of phase 1, when there is a phase 2)
     batch_size: int = 32  # examples per optimizer step, over all ranks and accumulation steps
     micro_batch_size: int = 0  # examples per rank per forward; 0: batch_size / ranks (no accumulation)
+    # Packed: token slots per optimizer step (rows of seq_len; real tokens fill all but the packing's padding),
+    # split evenly over the batch_size / micro_batch_size micro-batches; 0: batch_size x seq_len.
+    batch_tokens: int = 0
     optimizer: str = "adamw"  # adamw (fused on CUDA) | lamb
     lr: float = 1e-3
     warmup_steps: int = -1  # -1: warmup_ratio * total steps
@@ -96,6 +145,7 @@ class Phase2Section:
     seq_len: int = 512
     batch_size: int = 0  # 0: the batch size of phase 1
     micro_batch_size: int = 0
+    batch_tokens: int = 0  # packed: as train.batch_tokens; 0: batch_size x seq_len of this phase
 
 
 SECTIONS = ("model", "data", "train", "phase2")
@@ -141,7 +191,10 @@ class PretrainConfig:
         if name not in fields:
             raise ConfigFileError(f"unknown setting {dotted!r}; [{section_name}] has {sorted(fields)}")
         default = getattr(type(section)(), name)
-        setattr(section, name, _convert(dotted, value, default))
+        value = _convert(dotted, value, default)
+        if dotted in CHOICES and value not in CHOICES[dotted]:
+            raise ConfigFileError(f"{dotted} = {value!r} is not one of {CHOICES[dotted]}")
+        setattr(section, name, value)
 
     def override(self, assignment: str) -> None:
         """Apply one `section.key=value` (value in TOML syntax; a bare word is a string)."""

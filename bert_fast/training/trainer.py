@@ -45,6 +45,7 @@ from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsLogger, Progress
 from .objective import OBJECTIVES, PretrainingObjective
 from .optim import build_optimizer, linear_schedule
+from .packing import check_packing, training_batches
 from .precision import Precision
 from .profiling import StepProfiler
 from .rng import rng_state, seed_everything
@@ -111,7 +112,8 @@ class Pretrainer:
 
     # Settings a resumed run must share with its checkpoint: they fix what each step's batch holds.
     _DATA_KEYS = ("corpus", "tokenizer", "vocab_size", "lowercase", "split_sentences", "seq_len", "short_seq_prob",
-                  "dupe_factor", "eval_fraction", "shard_examples", "mlm_probability", "whole_word_masking")
+                  "dupe_factor", "eval_fraction", "shard_examples", "mlm_probability", "whole_word_masking",
+                  "packing", "max_examples_per_row")
 
     def __init__(self, config: PretrainConfig, env: D.DistEnv, run_dir: Path, resume: bool = False):
         t = config.train
@@ -230,9 +232,9 @@ class Pretrainer:
 
     def _batches(self, phase: Phase):
         """This rank's micro-batches from `self.step` to the end of the phase (or the stop)."""
-        t = self.config.train
-        dataset = PretrainingBatches(phase.store, "train", phase.micro_batch_size, t.seed, self.masking,
-                                     self.special_ids, self.tokenizer.vocab_size)
+        # unpacked or packed micro-batches (training/packing.py)
+        dataset = training_batches(self.config, phase, self.masking, self.special_ids, self.tokenizer.vocab_size,
+                                   self.env.world_size, log=self.env.is_main)
         indices = micro_batch_indices(self.step - phase.start, min(phase.end, self.stop) - phase.start,
                                       phase.accumulation, self.env.world_size, self.env.rank)
         workers = self.config.data.num_workers
@@ -359,14 +361,8 @@ class Pretrainer:
         if objective == "mlm_nsp" and m.model_type != "bert":
             raise SettingError(f"next sentence prediction is BERT's objective; model_type={m.model_type!r} "
                                "pretrains with --objective mlm")
-        family = {"model_type": m.model_type}
-        if m.model_type in ("roberta", "xlm-roberta", "camembert"):
-            family["type_vocab_size"] = 1
-        bert_config = BertConfig.preset(
-            m.size, vocab_size=self.tokenizer.vocab_size, pad_token_id=self.tokenizer.pad_token_id,
-            hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-            max_position_embeddings=m.max_position_embeddings, **family,
-        )
+        # the preset, with any field the [model] section changes
+        bert_config = m.bert_config(self.tokenizer.vocab_size, self.tokenizer.pad_token_id)
         longest = max(p.seq_len for p in self.phases)
         positions = bert_config.family.max_sequence_length(bert_config)
         if longest > positions:
@@ -448,10 +444,12 @@ class Pretrainer:
         if changed:
             raise ResumeError(f"cannot resume from {path}: the model config changed ({'; '.join(changed)}); use the "
                               "original settings, or start a new run with another --out")
-        old, new = state["config"], self.config.to_dict()
+        # settings newer than the checkpoint take their defaults
+        old, new = PretrainConfig.from_dict(state["config"]).to_dict(), self.config.to_dict()
         changed = _config_diff(old["data"], new["data"], self._DATA_KEYS)
         changed += [f"train.{c}" for c in _config_diff(old["train"], new["train"],
-                                                       ("batch_size", "micro_batch_size", "seed", "objective"))]
+                                                       ("batch_size", "micro_batch_size", "batch_tokens", "seed",
+                                                        "objective"))]
         if changed:
             raise ResumeError(f"cannot resume from {path}: settings that decide each step's data changed "
                               f"({'; '.join(changed)})")
@@ -539,6 +537,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     """
     if config.data.seq_len < 8:
         raise DataError(f"seq_len must be at least 8, got {config.data.seq_len}")
+    check_packing(config)
     env = D.init_distributed(resolve_device(config.train.device).type)
     try:
         run_dir = Path(D.broadcast_object(str(default_run_dir(config)), env))

@@ -135,3 +135,46 @@ def test_finetune_and_predict_refuse_to_overwrite_a_run_without_overwrite(tiny_m
     with pytest.raises(SystemExit, match=r"already holds a run \(metrics_dev.json, predictions_dev.conll\)"):
         cli.main(predict)
     assert cli.main([*predict, "--overwrite"]) == 0
+def test_token_budget_steps_are_drawn_by_length_and_resume_exactly(tiny_model, data, tmp_path, monkeypatch):
+    """--batch-tokens: each step one width, its padded tokens within the budget, the step count fixed before the
+    run; a run stopped mid-epoch and resumed gives the uninterrupted run's numbers."""
+    from bert_fast.finetune import runner
+
+    recipe = {**RECIPE, "batch_tokens": 96}
+    seen = []
+    collate = runner.TASKS["tag"].collate
+
+    def recording(self, features, training):
+        batch = collate(self, features, training)
+        if training:
+            seen.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(runner.TASKS["tag"], "collate", recording)
+    straight = finetune(FinetuneConfig("tag", tiny_model, *data, out=tmp_path / "a", **recipe))
+    assert seen and all(rows * -(-width // 8) * 8 <= 96 for rows, width in seen)
+    assert len({rows for rows, _ in seen}) > 1  # a varying number of examples per step
+    steps = straight["epochs"][0]["steps"]
+    assert len(seen) == 2 * steps and straight["epochs"][1]["steps"] == steps
+    assert sum(e["train_tokens"] for e in straight["epochs"]) > 0
+    stopped = finetune(FinetuneConfig("tag", tiny_model, *data, out=tmp_path / "b", stop_at=steps + 1, **recipe))
+    assert stopped["stopped_at"] == steps + 1
+    resumed = finetune(FinetuneConfig("tag", tiny_model, *data, out=tmp_path / "b", resume=True, **recipe))
+    _same_run(tmp_path / "a", straight, tmp_path / "b", resumed)
+    with pytest.raises(ResumeError, match="batch_tokens: 96 -> 128"):
+        finetune(FinetuneConfig("tag", tiny_model, *data, out=tmp_path / "b", resume=True,
+                                **{**recipe, "batch_tokens": 128}))
+
+
+def test_cli_batch_tokens_flag(tiny_model, data):
+    import argparse
+
+    from bert_fast.commands.finetune import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["tag", "--model", str(tiny_model), "--train", str(data[0]), "--dev", str(data[1]),
+                              "--batch-tokens", "4096"])
+    assert config_from_args(args).batch_tokens == 4096
+    with pytest.raises(ValueError, match="batch_tokens must be positive"):
+        FinetuneConfig("tag", tiny_model, *data, batch_tokens=0)

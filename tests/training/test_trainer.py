@@ -47,6 +47,88 @@ def test_resume_is_exact(tiny_config, tmp_path):
     assert [r["step"] for r in evals] == [4, 8]
 
 
+@pytest.mark.parametrize("packing, batch_tokens", [("online", 1024), ("offline", 0)])
+def test_resume_is_exact_with_packing(tiny_config, tmp_path, packing, batch_tokens, caplog):
+    """Packed steps resume exactly too: a packed batch is a function of its index, whatever the epochs before."""
+    tiny_config.data.packing = packing
+    tiny_config.train.batch_tokens = batch_tokens  # 16 rows of 64 (online); 0: batch_size x seq_len = 8 rows
+    tiny_config.train.micro_batch_size = 4  # two micro-batches per step, each half the rows
+    straight = copy.deepcopy(tiny_config)
+    straight.out = str(tmp_path / "straight")
+    with caplog.at_level("INFO", logger="bert_fast"):
+        pretrain(straight)
+    line = next(r.getMessage() for r in caplog.records if "unpacked ->" in r.getMessage())
+    rows = 8 if batch_tokens == 1024 else 4
+    assert f"{rows} rows per micro-batch: padding" in line and f"packed ({packing}" in line
+
+    interrupted = copy.deepcopy(tiny_config)
+    interrupted.out = str(tmp_path / "interrupted")
+    interrupted.train.stop_at = 3
+    pretrain(interrupted)
+    interrupted.train.stop_at = 0
+    interrupted.data.num_workers = 1
+    assert pretrain(interrupted, resume=True)["start_step"] == 3
+
+    expected, got = _train_losses(straight.out), _train_losses(interrupted.out)
+    assert sorted(got) == list(range(1, 9)) and got == expected
+    a, b = _weights(straight.out), _weights(interrupted.out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train = [r for r in read_metrics(straight.out) if r["split"] == "train"]
+    assert all(r["tokens_per_s"] > 0 for r in train)
+    interrupted.data.packing = "none" if packing == "online" else "online"
+    interrupted.train.batch_tokens = 0
+    with pytest.raises(ResumeError, match="packing"):
+        pretrain(interrupted, resume=True)
+
+
+def test_a_checkpoint_from_before_the_packing_settings_resumes(tiny_config):
+    """A checkpoint as older versions wrote it (trainer_state.pt, a saved config without data.packing,
+    max_examples_per_row and batch_tokens) resumes, those settings read as their defaults."""
+    tiny_config.train.stop_at = 2
+    pretrain(tiny_config)
+    folder = Path(tiny_config.out) / "checkpoints" / "step-00000002"
+    state = torch.load(folder / "state.pt", weights_only=False)
+    for section, key in (("data", "packing"), ("data", "max_examples_per_row"), ("train", "batch_tokens")):
+        del state["config"][section][key]
+    torch.save(state, folder / "trainer_state.pt")
+    (folder / "state.pt").unlink()
+    tiny_config.train.stop_at = 3
+    assert pretrain(tiny_config, resume=True)["start_step"] == 2
+
+
+def test_packing_settings_are_checked_before_anything_is_built(tiny_config):
+    tiny_config.train.batch_tokens = 1024
+    with pytest.raises(ValueError, match="set data.packing to 'online' or 'offline'"):
+        pretrain(tiny_config)
+    tiny_config.data.packing = "online"
+    tiny_config.train.batch_tokens = 1000
+    with pytest.raises(ValueError, match="not a whole number of rows of seq_len 64"):
+        pretrain(tiny_config)
+    tiny_config.train.batch_tokens = 64 * 3  # 3 rows cannot split over 2 micro-batches
+    tiny_config.train.micro_batch_size = 4
+    with pytest.raises(ValueError, match="make it a multiple of 128"):
+        pretrain(tiny_config)
+    assert not (Path(tiny_config.out) / "checkpoints").exists()
+
+
+def test_a_custom_model_size(tiny_config):
+    """[model] takes BertConfig's fields beside the preset: here 3 layers of hidden 48 with 3 heads."""
+    tiny_config.model.num_hidden_layers = 3
+    tiny_config.model.hidden_size = 48
+    tiny_config.model.num_attention_heads = 3
+    tiny_config.model.vocab_size = 448  # the tokenizer has 400: rows to spare, as a multiple of 64
+    tiny_config.train.steps = 2
+    summary = pretrain(tiny_config)
+    saved = json.loads((Path(tiny_config.out) / "model" / "config.json").read_text())
+    assert (saved["num_hidden_layers"], saved["hidden_size"], saved["num_attention_heads"],
+            saved["intermediate_size"], saved["vocab_size"]) == (3, 48, 3, 192, 448)
+    assert summary["finished"]
+    tiny_config.model.num_attention_heads = 5
+    tiny_config.out = tiny_config.out + "-bad"
+    with pytest.raises(ValueError, match="not divisible by num_attention_heads=5"):
+        pretrain(tiny_config)
+
+
 def test_resume_refuses_a_changed_model(tiny_config):
     tiny_config.train.stop_at = 2
     pretrain(tiny_config)
@@ -270,6 +352,14 @@ def test_print_config_shows_the_embedded_default(capsys):
     assert main(["pretrain", "--print-config"]) == 0
     text = capsys.readouterr().out
     assert 'size = "tiny"' in text and "corpus = []" in text and "seq_len = 128" in text
+
+
+def test_cli_packing_flags(capsys):
+    assert main(["pretrain", "--packing", "offline", "--batch-tokens", "4096", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert 'packing = "offline"' in text and "batch_tokens = 4096" in text
+    with pytest.raises(SystemExit, match="data.packing = 'sometimes' is not one of"):
+        main(["pretrain", "--set", "data.packing=sometimes", "--print-config"])
 
 
 def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
