@@ -125,13 +125,13 @@ def cases(device: str, dtype: torch.dtype) -> dict:
             "launcher": lambda x, r, w, b: ln.add_layer_norm_fwd(x, r, w, b, 1e-12)[0],
             "eager": lambda x, r, w, b: add_layer_norm(x, r, w, b),
             "custom-op": lambda x, r, w, b: torch.ops.bert_fast.add_layer_norm_fwd(x, r, w, b, None, 1e-12, 0.0, 0,
-                                                                                  False)[0],
+                                                                                  None, False)[0],
             "torch": lambda x, r, w, b: add_layer_norm_ref(x, r, w, b),
         }),
         "attention": ([randn(sum(lengths), 3, heads, head_dim)], {
             "launcher": lambda qkv: attention_fwd.varlen_attention_fwd(*qkv.unbind(1), cu, max_len, 0.0, scale, 0)[0],
             "eager": lambda qkv: varlen_attention_qkvpacked(qkv, cu, max_len, validate=False),
-            "custom-op": lambda qkv: att._packed_fwd_op(qkv, cu, max_len, 0.0, scale, 0, True)[0],
+            "custom-op": lambda qkv: att._packed_fwd_op(qkv, cu, max_len, 0.0, scale, 0, None, True)[0],
             "torch": attention_ref,
         }),
         # CPU GEMMs in half precision take a millisecond each at any size: the CPU runs the layer in float32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -10,9 +11,16 @@ import triton
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+def interpreter_requested() -> bool:
+    """TRITON_INTERPRET=1 in the environment right now."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def interpreting() -> bool:
+    """True when our kernels run in Triton's CPU interpreter. triton.jit reads TRITON_INTERPRET when it decorates a
+    kernel, so the answer is fixed once the kernel modules are imported; read once, not on every launch."""
+    return interpreter_requested()
 
 
 def check_kernel_device(op: str, *tensors: torch.Tensor) -> None:
@@ -63,11 +71,30 @@ def autotune(configs, key, **kwargs):
     return triton.autotune(configs=configs, key=key, cache_results=True, **kwargs)
 
 
-def draw_seed(seed: int | None) -> int:
-    """A dropout seed: the caller's, or one drawn from torch's default generator (so torch.manual_seed rules)."""
-    if seed is not None:
-        return int(seed)
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+SEED_HIGH = 2**62  # device-drawn seeds lie in [0, SEED_HIGH); int seeds in [0, 2^63)
+
+
+def draw_seeds(count: int, device: torch.device) -> torch.Tensor:
+    """`count` dropout seeds as an int64 tensor on `device`, drawn from torch's generator for that device.
+
+    No host sync, and inside a captured CUDA graph every replay draws new ones (PyTorch advances the generator's
+    offset on the device), so replayed steps get fresh masks; torch.manual_seed still reproduces them all."""
+    return torch.randint(0, SEED_HIGH, (count,), dtype=torch.int64, device=device)
+
+
+def seed_arguments(seed, device: torch.device) -> tuple[int, torch.Tensor | None]:
+    """A dropout seed as the kernels take it: (int seed, None) for an int, (0, tensor) for a tensor whose first
+    element is the seed (drawn on `device` when seed is None). The kernels load a tensor seed on the device."""
+    if seed is None:
+        return 0, draw_seeds(1, device)
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() < 1 or seed.device != device:
+            raise ValueError(f"a seed tensor must be int64 on {device} with at least one element, got "
+                             f"{seed.dtype} {tuple(seed.shape)} on {seed.device}")
+        return 0, seed
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    return int(seed), None
 
 
 def _plain_eager(args) -> bool:

@@ -7,7 +7,7 @@ the tests marked gpu repeat the checks in all three dtypes at BERT shapes and un
 import pytest
 import torch
 from bert_fast_kernels import add_layer_norm, add_layer_norm_dropout_mask, add_layer_norm_ref
-from bert_fast_kernels.add_layer_norm import add_layer_norm_bwd, add_layer_norm_fwd
+from bert_fast_kernels.add_layer_norm import add_layer_norm_bwd, add_layer_norm_fwd, split_param_grads
 from tolerance import assert_within_pytorch_error, leaves, run
 
 # atol, relative to the largest reference value: room for a last-bit difference when PyTorch itself is exact
@@ -199,7 +199,8 @@ def test_launchers_and_empty_input():
     y, res_out, mean, rstd = add_layer_norm_fwd(**inputs, return_residual=True)
     assert y.shape == (0, 32) and res_out.shape == (0, 32) and mean.shape == (0,)
     dy = torch.randn(0, 32)
-    dx, dres, dw, db, dxb = add_layer_norm_bwd(dy, **inputs, mean=mean, rstd=rstd)
+    dx, dres, param_grads = add_layer_norm_bwd(dy, **inputs, mean=mean, rstd=rstd)
+    dw, db, dxb = split_param_grads(param_grads, inputs["weight"], inputs["bias"], inputs["x_bias"])
     assert dx.shape == dres.shape == (0, 32)
     assert all(torch.equal(g, torch.zeros(32)) for g in (dw, db, dxb))
 
@@ -237,7 +238,7 @@ def test_custom_op_registration():
     inputs = make_inputs((3, 24), torch.float32)
     lv = leaves(inputs)
     for p, ret in ((0.0, False), (0.1, True)):
-        args = (lv["x"], lv["residual"], lv["weight"], lv["bias"], lv["x_bias"], 1e-5, p, 11, ret)
+        args = (lv["x"], lv["residual"], lv["weight"], lv["bias"], lv["x_bias"], 1e-5, p, 11, None, ret)
         opcheck(torch.ops.bert_fast.add_layer_norm_fwd.default, args,
                 test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))  # fmt: skip
 

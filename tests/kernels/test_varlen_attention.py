@@ -236,7 +236,9 @@ def test_custom_op_registration():
     """torch.library.opcheck: schema, fake tensors, autograd registration and AOT dispatch of the packed op."""
     cu = cu_seqlens_of((3, 5))
     qkv = torch.randn(8, 3, 1, 16, requires_grad=True)
-    torch.library.opcheck(torch.ops.bert_fast.varlen_attention_qkvpacked_fwd.default, (qkv, cu, 5, 0.0, 0.25, 0, True))
+    torch.library.opcheck(torch.ops.bert_fast.varlen_attention_qkvpacked_fwd.default, (qkv, cu, 5, 0.0, 0.25, 0, None, True))
+    seed = torch.tensor([7])  # a seed the kernel reads from memory
+    torch.library.opcheck(torch.ops.bert_fast.varlen_attention_qkvpacked_fwd.default, (qkv, cu, 5, 0.1, 0.25, 0, seed, True))
 
 
 def _bad_input_cases():
