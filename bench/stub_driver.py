@@ -6,9 +6,9 @@ by a recorder of its arguments. Autotuning times nothing: it picks a config that
 that different keys get different picks, as they may on a GPU). Tensors are
 CPU tensors (the device checks of our launchers are switched off); nothing is computed.
 
-What it is for: measuring the host cost of launches where there is no GPU (`python -m bench.host_launch`), and
-checking that bert_fast_kernels' cached launch path (_launch.py) hands the launcher the same arguments as Triton's
-own path (tests/kernels/test_launch.py). Call `install()` in a fresh process without TRITON_INTERPRET, before
+What it is for: measuring the host cost of launches without a GPU (`python -m bench.bench_launch --stub-driver`),
+and checking that bert_fast_kernels' cached launch path (_launch.py) hands the launcher the same arguments as
+Triton's own path (tests/kernels/test_launch.py). Call `install()` in a fresh process without TRITON_INTERPRET, before
 anything imports bert_fast_kernels.
 """
 
@@ -84,4 +84,7 @@ def install() -> None:
         module = importlib.import_module(f"bert_fast_kernels.{name}")
         if hasattr(module, "check_kernel_device"):
             module.check_kernel_device = lambda *args, **kwargs: None
+    from bert_fast import ops  # the model's impl="triton" runs on these CPU tensors too
+
+    ops.kernels_usable = lambda device: True
     installed = True

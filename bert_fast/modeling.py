@@ -136,6 +136,10 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(self, hidden, layout, ops) -> torch.Tensor:
+        return ops.encoder_layer(self, hidden, layout, ops)
+
+    def forward_steps(self, hidden, layout, ops) -> torch.Tensor:
+        """The layer's steps one by one through the dispatch layer (the fused path may run them as one node)."""
         attended = self.attention(hidden, layout, ops)
         return self.output(self.intermediate(attended, ops), attended, ops)
 

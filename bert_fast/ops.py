@@ -5,8 +5,8 @@ bundles the functions of one implementation and how it lays a batch out:
 
 - "reference": kernels' plain PyTorch references on the padded (batch, seq, hidden) batch with a key mask,
   which is exactly Hugging Face's computation;
-- "triton": our fused kernels on the packed (tokens, hidden) tensor of real tokens only. Where a kernel is
-  not available (an older bert_fast_kernels), that step falls back to its reference and says so once.
+- "triton": our fused kernels on the packed (tokens, hidden) tensor of real tokens only; each encoder layer one
+  autograd node in eager mode (fused_layer.py), step by step (custom ops) where torch.compile traces.
 
 "auto" resolves per forward from the input's device: triton on CUDA, reference elsewhere.
 """
@@ -141,15 +141,21 @@ def _qkvpacked(attention: Callable) -> Callable:
     return call
 
 
+def layer_by_steps(layer, hidden, layout, ops):
+    """An encoder layer as its modules compute it, one step after another."""
+    return layer.forward_steps(hidden, layout, ops)
+
+
 @dataclass(frozen=True)
 class Ops:
     name: str
     bias_gelu: Callable  # (x, bias, approximate) -> gelu(x + bias)
     linear_gelu: Callable  # (x, weight, bias, approximate) -> gelu(x @ weight.T + bias): the FFN up-projection
     add_layer_norm: Callable  # (x, residual, weight, bias, eps, x_bias=, dropout_p=, return_residual=) -> y
-    padded_attention: Callable  # (q, k, v, key_padding_mask, dropout_p=, softmax_scale=) -> out
+    padded_attention: Callable | None  # (q, k, v, key_padding_mask, dropout_p=, softmax_scale=) -> out; padded only
     varlen_attention_qkvpacked: Callable  # (qkv, cu_seqlens, max_seqlen, dropout_p=, softmax_scale=) -> out
     packed: bool  # run the encoder on packed real tokens
+    encoder_layer: Callable = layer_by_steps  # (layer, hidden, layout, ops) -> the layer's output
 
     def layout(self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device) -> object:
         if self.packed:
@@ -182,14 +188,6 @@ REFERENCE = Ops(
 )
 
 
-def _kernel_or_reference(name: str, reference: Callable, missing: list[str], **fixed) -> Callable:
-    kernel = getattr(K, name, None)
-    if kernel is None:
-        missing.append(name)
-        return reference
-    return functools.partial(kernel, **fixed) if fixed else kernel
-
-
 # The FFN up-projection (and the MLM head's transform) as one Triton GEMM with bias + GELU in its epilogue
 # (bert_fast_kernels.linear_gelu) rather than cuBLAS and then the bias_gelu kernel. It saves a round trip of the
 # (tokens, 4 hidden) activation, but only pays if the Triton GEMM keeps up with cuBLAS at BERT's shapes, which
@@ -217,6 +215,10 @@ def _setting_from_environment() -> bool | str:
 _fused_linear_gelu = _setting_from_environment()
 
 
+def fused_linear_gelu_enabled() -> bool:
+    return bool(_fused_linear_gelu)
+
+
 def set_fused_linear_gelu(setting: bool | str) -> bool | str:
     """Run impl="triton"'s FFN up-projection as one fused Triton GEMM, or as cuBLAS + bias_gelu (False).
 
@@ -237,14 +239,12 @@ def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _linear_gelu_by_setting(split: Callable) -> Callable:
-    """The split form, or the fused GEMM when the setting asks for it (and this bert_fast_kernels has it)."""
+    """The split form, or the fused GEMM when the setting asks for it."""
     from bert_fast_kernels._common import interpreting
 
-    fused = getattr(K, "linear_gelu", None)
-
     def call(x, weight, bias, approximate):
-        if _fused_linear_gelu and fused is not None and (_gemm_dtype(x) != torch.float32 or interpreting()):
-            return fused(x, weight, bias, approximate, variant=_fused_linear_gelu)
+        if _fused_linear_gelu and (_gemm_dtype(x) != torch.float32 or interpreting()):
+            return K.linear_gelu(x, weight, bias, approximate, variant=_fused_linear_gelu)
         return split(x, weight, bias, approximate)
 
     return call
@@ -268,26 +268,22 @@ def _attention_for_head_dims(kernel: Callable, reference: Callable) -> Callable:
 
 
 def _build_triton_ops() -> Ops:
-    missing: list[str] = []
-    bias_gelu = _kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing)
-    ops = Ops(
+    from .fused_layer import fused_encoder_layer
+
+    return Ops(
         name="triton",
-        bias_gelu=bias_gelu,
-        linear_gelu=_linear_gelu_by_setting(_split_linear_gelu(bias_gelu)),
-        add_layer_norm=_kernel_or_reference("add_layer_norm", REFERENCE.add_layer_norm, missing),
-        padded_attention=_kernel_or_reference("padded_attention", REFERENCE.padded_attention, missing),
+        bias_gelu=K.bias_gelu,
+        linear_gelu=_linear_gelu_by_setting(_split_linear_gelu(K.bias_gelu)),
+        add_layer_norm=K.add_layer_norm,
+        padded_attention=None,  # the fused path always packs
         # The layouts build cu_seqlens themselves (forward_packed validates what callers pass), so the per-call
         # check, a device sync in every layer, is skipped.
         varlen_attention_qkvpacked=_attention_for_head_dims(
-            _kernel_or_reference("varlen_attention_qkvpacked", REFERENCE.varlen_attention_qkvpacked, missing,
-                                 validate=False),
-            REFERENCE.varlen_attention_qkvpacked,
+            functools.partial(K.varlen_attention_qkvpacked, validate=False), REFERENCE.varlen_attention_qkvpacked
         ),
         packed=True,
+        encoder_layer=fused_encoder_layer(layer_by_steps),
     )
-    if missing and not torch.compiler.is_compiling():
-        logger.warning("bert_fast: impl='triton' runs the PyTorch reference for %s (no kernel yet)", ", ".join(missing))
-    return ops
 
 
 _TRITON: Ops | None = None
@@ -302,9 +298,9 @@ def triton_ops() -> Ops:
 
 def kernels_usable(device: torch.device) -> bool:
     """Triton kernels run on CUDA, or on the CPU only under Triton's interpreter."""
-    from bert_fast_kernels._common import interpreting
+    from bert_fast_kernels._common import interpreter_requested
 
-    return device.type == "cuda" or interpreting()
+    return device.type == "cuda" or interpreter_requested()
 
 
 def resolve(impl: str, device: torch.device) -> Ops:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -16,11 +15,14 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
+# triton.jit reads TRITON_INTERPRET when it decorates a kernel, so whether our kernels run interpreted is fixed when
+# their modules import (this one first): read once, not on every launch.
+_INTERPRETING = interpreter_requested()
+
+
 def interpreting() -> bool:
-    """True when our kernels run in Triton's CPU interpreter. triton.jit reads TRITON_INTERPRET when it decorates a
-    kernel, so the answer is fixed once the kernel modules are imported; read once, not on every launch."""
-    return interpreter_requested()
+    """True when our kernels run in Triton's CPU interpreter."""
+    return _INTERPRETING
 
 
 def check_kernel_device(op: str, *tensors: torch.Tensor) -> None:
