@@ -160,7 +160,7 @@ def _batch(device):
     return ids, mask
 
 
-def model_cases(device: str, dtype: torch.dtype) -> dict:
+def model_cases(device: str, dtype: torch.dtype, steps: bool = True) -> dict:
     """{case: {impl: (fn(), leaves)}}: a training layer and two training steps (forward and loss; the backward is
     _timed_model_call's) on each implementation, and the fused layer and MiniLM step with dropout 0.1."""
     import bert_fast
@@ -185,8 +185,9 @@ def model_cases(device: str, dtype: torch.dtype) -> dict:
                                         [hidden, *layer.parameters()])
     labels = torch.where(torch.rand(mask.shape, device=device) < 0.15, ids, -100).masked_fill(mask == 0, -100)
     labels[0, 0] = ids[0, 0]  # at least one masked position
-    steps = [(case, spec, 0.0) for case, spec in STEPS.items()] + [("step-minilm-dropout", STEPS["step-minilm"], 0.1)]
-    for case, (layers, class_name, objective), dropout in steps:
+    step_cases = [(case, spec, 0.0) for case, spec in STEPS.items()]
+    step_cases += [("step-minilm-dropout", STEPS["step-minilm"], 0.1)]
+    for case, (layers, class_name, objective), dropout in step_cases if steps else ():
         config = bert_fast.BertConfig(num_hidden_layers=layers, num_labels=2, **{
             **TINY, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
         cases[case] = {}
@@ -235,7 +236,8 @@ def main(argv=None) -> None:
         # CPU GEMMs in half precision take a millisecond each at any size: the CPU runs the models in float32
         model_dtype = dtype if cuda else torch.float32
         fused_paths = [p for p in ("lean", "triton", "ours") if p in paths]
-        rows += _model_rows(model_cases(device, model_dtype), fused_paths, calls, repeats, cuda, where)
+        cases_ = model_cases(device, model_dtype, steps=not args.quick)  # a smoke run: the layer only
+        rows += _model_rows(cases_, fused_paths, calls, repeats, cuda, where)
 
     if not args.quick and (cuda or args.save):
         save_rows(NAME, rows)
@@ -286,7 +288,7 @@ def _model_rows(cases_, fused_paths, calls, repeats, cuda, where) -> list[dict]:
                 us = min(times)
                 rows.append({"op": case, "layer": f"{kind}-{impl}", "mode": mode, "path": path, "host": where,
                              "host_us": us})
-                print(f"{case:15s} {kind}-{impl:10s} {mode:8s} {path:7s} {us:9.1f} us per call", flush=True)
+                print(f"{case:15s} {kind + '-' + impl:15s} {mode:8s} {path:7s} {us:9.1f} us per call", flush=True)
     return rows
 
 
