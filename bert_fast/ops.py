@@ -36,6 +36,19 @@ def check_impl(impl: str) -> str:
 # --- batch layouts ---------------------------------------------------------------------------------------
 
 
+def _labelled(layout, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows of x where a label is, those labels): labels (batch, seq) with -100 where none, in row-major order. The
+    number of rows depends on the labels (a host sync); static layouts keep a fixed number instead."""
+    labels = layout.pack(labels)
+    selected = labels != -100  # (batch, seq) padded or (tokens,) packed: row-major order either way
+    return x[selected], labels[selected]
+
+
+def _unpack_all(layout, states):
+    """Every layer's hidden states as (batch, seq, hidden), or None when they were not kept."""
+    return tuple(layout.unpack(h) for h in states) if states else None
+
+
 @dataclass
 class PaddedLayout:
     """Hidden states as (batch, seq, hidden); attention masks padded keys. Hugging Face's layout."""
@@ -52,6 +65,12 @@ class PaddedLayout:
 
     def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]  # (batch, hidden): the [CLS] position
+
+    def labelled(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _labelled(self, x, labels)
+
+    def unpack_all(self, states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+        return _unpack_all(self, states)
 
     def attention(self, ops: Ops, qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         q, k, v = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
@@ -87,6 +106,12 @@ class PackedLayout:
         starts = self.cu_seqlens[:-1].long().clamp(max=max(x.shape[0] - 1, 0))
         return x.index_select(0, starts)
 
+    def labelled(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _labelled(self, x, labels)
+
+    def unpack_all(self, states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+        return _unpack_all(self, states)
+
     def attention(self, ops: Ops, qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         # qkv: (tokens, 3, heads, head_dim)
         return ops.varlen_attention_qkvpacked(
@@ -109,8 +134,7 @@ def packed_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len:
         cu_seqlens = torch.arange(0, (batch_size + 1) * seq_len, seq_len, dtype=torch.int32, device=device)
         return PackedLayout(None, cu_seqlens, seq_len, batch_size, seq_len)
     mask = attention_mask.bool()
-    lengths = mask.sum(dim=1, dtype=torch.int32)
-    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens = K.cu_seqlens_from_mask(mask)
     indices = mask.flatten().nonzero().flatten()
     return PackedLayout(indices, cu_seqlens, seq_len, batch_size, seq_len)
 
@@ -126,6 +150,37 @@ class PrepackedLayout(PackedLayout):
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+@dataclass
+class StaticLayout(PackedLayout):
+    """A bucket's packed layout (bert_fast.buckets): every shape is the bucket's, none depends on the batch, and no
+    value is read on the host, so a forward on it traces as one graph and can be captured as a CUDA graph.
+
+    Tokens (bucket tokens,): the real ones sequence after sequence, then filler sequences of [PAD] tokens that no
+    real token attends to. Inputs arrive packed; outputs unpack to (batch, seq) = the bucket's (slots, width).
+    """
+
+    scatter_index: torch.Tensor | None = None  # (tokens,) int64 flat position in (batch * seq); batch * seq: filler
+    starts: torch.Tensor | None = None  # (batch,) int64: each sequence's first packed token
+    labelled_positions: torch.Tensor | None = None  # (budget,) int64 packed tokens with an MLM label (0: filler)
+    choices: int = 1  # sequences per example (multiple choice)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (batch, seq, ...), zeros at padding; filler lands in one extra row, dropped."""
+        rows = self.batch_size * self.seq_len
+        out = x.new_zeros(rows + 1, *x.shape[1:]).index_copy(0, self.scatter_index, x)
+        return out[:rows].view(self.batch_size, self.seq_len, *x.shape[1:])
+
+    def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, self.starts)
+
+    def labelled(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """labels: (budget,) aligned with labelled_positions, -100 in the unused tail."""
+        return x.index_select(0, self.labelled_positions), labels
 
 
 # --- implementations -------------------------------------------------------------------------------------

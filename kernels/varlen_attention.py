@@ -33,6 +33,7 @@ from .attention_fwd import attention_fwd, check_attention_inputs, varlen_dropout
 
 __all__ = [
     "check_cu_seqlens",
+    "cu_seqlens_from_mask",
     "padded_attention",
     "padded_dropout_mask",
     "varlen_attention",
@@ -291,6 +292,12 @@ def varlen_attention_qkvpacked(
     return out
 
 
+def cu_seqlens_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(batch + 1,) int32 offsets of the real tokens of each row of a (batch, seq) bool mask, packed row after row.
+    No host sync."""
+    return F.pad(mask.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+
+
 def _padding_keep(op: str, key_padding_mask: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
     if key_padding_mask.shape != (batch, seq):
         shape = tuple(key_padding_mask.shape)
@@ -331,7 +338,7 @@ def padded_attention(
         return out.view(batch, seq, heads, head_dim)
     check_kernel_device(op, q, key_padding_mask)
     keep = _padding_keep(op, key_padding_mask, batch, seq)
-    cu_seqlens = F.pad(keep.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens = cu_seqlens_from_mask(keep)
     index = keep.reshape(-1).nonzero().squeeze(1)  # (real tokens,), row-major: each row's tokens in order
     packed = [t.reshape(batch * seq, heads, head_dim).index_select(0, index) for t in (q, k, v)]
     out = varlen_attention(*packed, cu_seqlens, seq, dropout_p, softmax_scale, seed, validate=False)
@@ -344,7 +351,7 @@ def padded_dropout_mask(seed: int, key_padding_mask: torch.Tensor, heads: int, d
     dropout_mask takes it (False at padded rows and columns)."""
     batch, seq = key_padding_mask.shape
     keep = _padding_keep("padded_dropout_mask", key_padding_mask, batch, seq)
-    cu_seqlens = F.pad(keep.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens = cu_seqlens_from_mask(keep)
     packed = varlen_dropout_mask(seed, cu_seqlens, heads, seq, dropout_p)  # (batch, heads, seq, seq), unpadded order
     rank = (keep.long().cumsum(1) - 1).clamp_min(0)  # position of each real token within its sequence
     b = torch.arange(batch, device=keep.device)[:, None, None, None]
