@@ -120,20 +120,32 @@ class EncoderLayerFunction(torch.autograd.Function):
 # --- when the fused layer runs ------------------------------------------------------------------------------
 
 
-def _plain(module: nn.Module, kind: type) -> bool:
-    """The module is exactly `kind` with no hooks of its own: its forward may be skipped."""
-    return type(module) is kind and not (module._forward_hooks or module._forward_pre_hooks
-                                         or module._backward_hooks or module._backward_pre_hooks)
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
-def _qkv_params(qkv: nn.Module):
+def _linear(module: nn.Module):
+    """(weight, bias) of a plain nn.Linear with a bias and no hooks (its forward may be skipped), else None."""
+    if type(module) is not nn.Linear or _hooked(module):
+        return None
+    params = module._parameters
+    return (params["weight"], params["bias"]) if params["bias"] is not None else None
+
+
+def _layer_norm(module: nn.Module):
+    if type(module) is not nn.LayerNorm or _hooked(module):
+        return None
+    params = module._parameters
+    return (params["weight"], params["bias"]) if params["weight"] is not None and params["bias"] is not None else None
+
+
+def _qkv(module: nn.Module):
     """(weight, bias) of the fused QKV projection: an nn.Linear's, or a module that builds them (the patch's)."""
-    if _plain(qkv, nn.Linear):
-        return qkv.weight, qkv.bias
-    fused = getattr(qkv, "fused_weight_and_bias", None)
-    if fused is not None and not (qkv._forward_hooks or qkv._forward_pre_hooks):
-        return fused()
-    return None
+    fused = getattr(type(module), "fused_weight_and_bias", None)
+    if fused is not None and not _hooked(module):
+        return fused(module)
+    return _linear(module)
 
 
 def _no_global_hooks() -> bool:
@@ -152,23 +164,21 @@ def layer_params(layer):
     one this function computes (a subclass, a replaced module, a hook)."""
     from .modeling import BertAttention, BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
 
-    attention, intermediate, output = layer.attention, layer.intermediate, layer.output
-    if not (type(attention) is BertAttention and type(attention.self) is BertSelfAttention
-            and type(attention.output) is BertSelfOutput and type(intermediate) is BertIntermediate
+    blocks = layer._modules
+    attention, intermediate, output = blocks["attention"], blocks["intermediate"], blocks["output"]
+    self_attention, self_output = attention._modules["self"], attention._modules["output"]
+    if not (type(attention) is BertAttention and type(self_attention) is BertSelfAttention
+            and type(self_output) is BertSelfOutput and type(intermediate) is BertIntermediate
             and type(output) is BertOutput):
         return None
-    blocks = (attention, attention.self, attention.output, intermediate, output)
-    if any(b._forward_hooks or b._forward_pre_hooks for b in blocks):
+    if any(_hooked(b) for b in (attention, self_attention, self_output, intermediate, output)):
         return None
-    qkv = _qkv_params(attention.self.qkv)
-    dense = (attention.output.dense, intermediate.dense, output.dense)
-    norms = (attention.output.LayerNorm, output.LayerNorm)
-    if qkv is None or not all(_plain(m, nn.Linear) for m in dense) or not all(_plain(m, nn.LayerNorm) for m in norms):
+    parts = (_qkv(self_attention._modules["qkv"]), _linear(self_output._modules["dense"]),
+             _layer_norm(self_output._modules["LayerNorm"]), _linear(intermediate._modules["dense"]),
+             _linear(output._modules["dense"]), _layer_norm(output._modules["LayerNorm"]))
+    if any(p is None for p in parts):
         return None
-    if any(m.bias is None for m in dense) or any(m.weight is None or m.bias is None for m in norms):
-        return None
-    ao, ln1, i, o, ln2 = attention.output.dense, norms[0], intermediate.dense, output.dense, norms[1]
-    return (*qkv, ao.weight, ao.bias, ln1.weight, ln1.bias, i.weight, i.bias, o.weight, o.bias, ln2.weight, ln2.bias)
+    return tuple(t for pair in parts for t in pair)
 
 
 def fused_encoder_layer(by_steps):

@@ -39,10 +39,14 @@ class ConcatQKV(nn.Module):
         super().__init__()
         self.query, self.key, self.value = query, key, value
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def fused_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (3H, H) weight and (3H,) bias, concatenated per call (the fused encoder layer takes them)."""
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        return F.linear(x, weight, bias)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *self.fused_weight_and_bias())
 
 
 def _transformers_bert_class():

@@ -385,6 +385,7 @@ def add_layer_norm_fwd(
     return _fwd(x, residual, weight, bias, x_bias, eps, dropout_p, seed, seed_tensor, return_residual)
 
 
+@functools.cache
 def _param_slots(need_dweight: bool, need_dbias: bool, need_dx_bias: bool) -> dict[str, int]:
     """Rows of the (slots, n_cols) float32 buffer that holds the reduced parameter gradients."""
     names = [name for name, wanted in (("dw", need_dweight), ("db", need_dbias), ("dxb", need_dx_bias)) if wanted]
@@ -399,7 +400,8 @@ def _bwd(dy, dresidual_out, x, residual, weight, bias, x_bias, mean, rstd, dropo
     tensor: one reduction, and a custom op may not return views of each other)."""
     n_cols = x.shape[-1]
     need_dresidual = need_dresidual and residual is not None
-    slots = _param_slots(need_dweight, need_dbias and bias is not None, need_dx_bias and x_bias is not None)
+    slots = _param_slots(bool(need_dweight), bool(need_dbias and bias is not None),
+                         bool(need_dx_bias and x_bias is not None))
     dy2 = as_rows(dy, n_cols)
     x2 = as_rows(x, n_cols)
     res2 = as_rows(residual, n_cols) if residual is not None else None
@@ -447,11 +449,19 @@ def add_layer_norm_bwd(
 
 def split_param_grads(param_grads, weight, bias, x_bias, need_dweight=True, need_dbias=True, need_dx_bias=True):
     """(dweight, dbias, dx_bias), each in its parameter's dtype or None, from the backward's param_grads rows."""
-    slots = _param_slots(need_dweight, need_dbias and bias is not None, need_dx_bias and x_bias is not None)
-    dweight = param_grads[slots["dw"]].to(weight.dtype) if "dw" in slots else None
-    dbias = param_grads[slots["db"]].to(bias.dtype) if "db" in slots else None
-    dx_bias = param_grads[slots["dxb"]].to(x_bias.dtype) if "dxb" in slots else None
+    slots = _param_slots(bool(need_dweight), bool(need_dbias and bias is not None),
+                         bool(need_dx_bias and x_bias is not None))
+    dweight = _row(param_grads, slots.get("dw"), weight)
+    dbias = _row(param_grads, slots.get("db"), bias)
+    dx_bias = _row(param_grads, slots.get("dxb"), x_bias)
     return dweight, dbias, dx_bias
+
+
+def _row(param_grads: torch.Tensor, slot: int | None, param: torch.Tensor | None) -> torch.Tensor | None:
+    if slot is None:
+        return None
+    row = param_grads[slot]
+    return row if row.dtype == param.dtype else row.to(param.dtype)
 
 
 def grads_alias(x: torch.Tensor, residual: torch.Tensor | None, dropout_p: float, need_dx: bool, need_dres: bool):
@@ -575,7 +585,8 @@ def _(dy, dresidual_out, x, residual, weight, bias, x_bias, mean, rstd, dropout_
     need_dres = need_dresidual and residual is not None
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_dx else _empty(x)
     dres = torch.empty(x.shape, dtype=residual.dtype, device=x.device) if need_dres else _empty(x)
-    n_slots = len(_param_slots(need_dweight, need_dbias and bias is not None, need_dx_bias and x_bias is not None))
+    n_slots = len(_param_slots(bool(need_dweight), bool(need_dbias and bias is not None),
+                               bool(need_dx_bias and x_bias is not None)))
     return dx, dres, torch.empty((n_slots, x.shape[-1]), dtype=torch.float32, device=x.device)
 
 

@@ -217,8 +217,8 @@ def _bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approxima
             HAS_BIAS=bias is not None, COMPUTE_DBIAS=need_dbias, APPROX_TANH=approximate == "tanh",
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
         )  # fmt: skip
-    dbias = part.sum(dim=0).to(bias.dtype) if need_dbias else None
-    return dx, dbias
+    dbias = part.sum(dim=0) if need_dbias else None
+    return dx, (dbias.to(bias.dtype) if dbias is not None and dbias.dtype != bias.dtype else dbias)
 
 
 def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
