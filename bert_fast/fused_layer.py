@@ -82,7 +82,7 @@ class EncoderLayerFunction(torch.autograd.Function):
     def backward(ctx, dy):
         if dy is None:
             return (None,) * (4 + 12)
-        max_seqlen, heads, head_dim, attention_p, ln1_p, ln2_p, eps1, eps2, approximate, dtype = ctx.meta
+        max_seqlen, heads, head_dim, attention_p, ln1_p, ln2_p, _eps1, _eps2, approximate, _dtype = ctx.meta
         hidden, cu_seqlens, *rest = ctx.saved_tensors
         (_, b_qkv, _, b_ao, ln1_w, ln1_b, _, b_i, _, b_o, ln2_w, ln2_b), saved = rest[:12], rest[12:]
         (x, qkv, context, lse, context2, proj, mean1, rstd1, attended, inter, act, out, mean2, rstd2,

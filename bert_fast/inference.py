@@ -15,7 +15,6 @@ import torch
 
 from .buckets import Bucket, StaticBatch, inference_bucket, pack_batch
 
-
 PER_TOKEN_2D = ("start_logits", "end_logits")  # (batch, seq) outputs; every other per-token output has 3+ dims
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import ops as ops_lib
 from .config import BertConfig
-from .inputs import check_inputs, check_packed_inputs
+from .inputs import InputError, check_inputs, check_packed_inputs
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 
 logger = logging.getLogger("bert_fast")
@@ -286,12 +286,12 @@ class BertModel(BertPreTrainedModel):
     def _packed_output(self, hidden, pooled, all_hidden, layout, attention_mask) -> BertModelOutput:
         batch_size, seq_len = layout.batch_size, layout.seq_len
         if isinstance(layout, ops_lib.StaticLayout):
-            raise ValueError("return_packed=True: a bucket's layout is packed already (its scatter_index says where)")
+            raise InputError("return_packed=True: a bucket's layout is packed already (its scatter_index says where)")
         if isinstance(layout, ops_lib.PackedLayout):  # the fused path: already packed, its indices known
             packing, repack = layout, (lambda h: h)
         else:  # the reference path runs padded: pack its outputs the same way the fused path does
             packing = ops_lib.packed_layout(attention_mask, batch_size, seq_len, hidden.device)
-            repack = (lambda h: packing.pack(layout.unpack(h)))  # noqa: E731
+            repack = (lambda h: packing.pack(layout.unpack(h)))
         indices = packing.indices
         if indices is None:
             indices = torch.arange(batch_size * seq_len, device=hidden.device)

@@ -16,9 +16,9 @@ from ._common import draw_seeds
 from .add_layer_norm import _bwd as _ln_bwd
 from .add_layer_norm import _fwd as _ln_fwd
 from .add_layer_norm import gradients as _ln_gradients
+from .attention_fwd import attention_fwd as _attention_fwd
 from .bias_gelu import _bwd as _bg_bwd
 from .bias_gelu import _fwd as _bg_fwd
-from .attention_fwd import attention_fwd as _attention_fwd
 from .varlen_attention import packed_attention_bwd
 
 __all__ = [
