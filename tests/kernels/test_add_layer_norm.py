@@ -271,6 +271,33 @@ def test_torch_compile_fullgraph():
     assert torch.equal(compiled(x, w), first)
 
 
+def test_seed_read_from_a_device_tensor():
+    """A seed in an int64 tensor (read by the kernel on the device) draws exactly the int seed's mask, forward and
+    backward; seed=None draws a fresh one on the device each call, which torch.manual_seed reproduces."""
+    from bert_fast_kernels.launchers import draw_seeds
+
+    inputs = make_inputs((6, 40), torch.float32)
+    dy = torch.randn(6, 40)
+    out_int, grads_int = run(add_layer_norm, leaves(inputs), dy, dropout_p=0.3, seed=123456789012)
+    out_t, grads_t = run(add_layer_norm, leaves(inputs), dy, dropout_p=0.3, seed=torch.tensor([123456789012]))
+    assert torch.equal(out_int, out_t)
+    for name in grads_int:
+        assert torch.equal(grads_int[name], grads_t[name]), name
+    mask = add_layer_norm_dropout_mask(torch.tensor([123456789012]), 6, 40, 0.3, "cpu")
+    assert torch.equal(mask, add_layer_norm_dropout_mask(123456789012, 6, 40, 0.3, "cpu"))
+
+    x, w = inputs["x"], inputs["weight"]
+    assert not torch.equal(add_layer_norm(x, None, w, None, dropout_p=0.3),
+                           add_layer_norm(x, None, w, None, dropout_p=0.3))
+    torch.manual_seed(3)
+    drawn = add_layer_norm(x, None, w, None, dropout_p=0.3)
+    torch.manual_seed(3)
+    (seed,) = draw_seeds(1, x.device)  # the draw seed=None made
+    assert torch.equal(drawn, add_layer_norm(x, None, w, None, dropout_p=0.3, seed=int(seed)))
+    with pytest.raises(ValueError, match="seed tensor must be int64"):
+        add_layer_norm(x, None, w, None, dropout_p=0.3, seed=torch.tensor([1.0]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU
 # ---------------------------------------------------------------------------------------------------------------

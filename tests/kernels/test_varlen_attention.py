@@ -161,6 +161,26 @@ def test_padded_attention(dropout_p):
     )  # fmt: skip
 
 
+def test_seed_read_from_a_device_tensor():
+    """A seed tensor (the kernels read it on the device) draws the int seed's mask in the forward and the backward;
+    seed=None draws a fresh seed on the device each call."""
+    lengths = (9, 1, 20)
+    cu = cu_seqlens_of(lengths)
+    qkv = torch.randn(sum(lengths), 3, 2, 16)
+    dout = torch.randn(sum(lengths), 2, 16)
+    results = []
+    for seed in (2**40 + 7, torch.tensor([2**40 + 7])):
+        leaf = qkv.clone().requires_grad_()
+        out = varlen_attention_qkvpacked(leaf, cu, 20, dropout_p=0.25, seed=seed)
+        results.append((out, *torch.autograd.grad(out, leaf, dout)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert torch.equal(varlen_dropout_mask(torch.tensor([2**40 + 7]), cu, 2, 20, 0.25),
+                       varlen_dropout_mask(2**40 + 7, cu, 2, 20, 0.25))
+    first = varlen_attention_qkvpacked(qkv, cu, 20, dropout_p=0.25)
+    assert not torch.equal(first, varlen_attention_qkvpacked(qkv, cu, 20, dropout_p=0.25))
+
+
 def test_dropout_matches_reference_given_the_kernel_mask():
     """The reference, handed the keep-mask regenerated from the seed, reproduces the kernel's output and gradients:
     the backward drops exactly what the forward dropped."""
