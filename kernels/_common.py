@@ -43,7 +43,7 @@ def check_float_dtype(op: str, name: str, t: torch.Tensor) -> None:
 
 
 # Host-side integer helpers. triton.cdiv and triton.next_power_of_2 are constexpr functions: called from Python
-# each costs about 5 µs of host time (argument unwrapping), and a launch makes several of these calls.
+# they unwrap their arguments, a cost a launch would pay several times (bench/NOTES.md §7).
 
 
 def cdiv(a: int, b: int) -> int:
@@ -66,10 +66,13 @@ def launch_kwargs(config) -> dict:
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def autotune(configs, key, **kwargs):
+def autotune(configs, key, prune=None, **kwargs):
     """triton.autotune, with each key's pick kept in Triton's on-disk cache (cache_results): a new process reuses
     it instead of timing every config again, seconds per key that short runs (a fine-tune, a test) would pay each
-    time. Configs with a pre_hook are timed afresh every process; Triton cannot store them."""
+    time. Configs with a pre_hook are timed afresh every process; Triton cannot store them. `prune(configs,
+    named_args)` drops the configs a key's shape rules out before any is compiled or timed."""
+    if prune is not None:
+        kwargs["prune_configs_by"] = {"early_config_prune": lambda configs, named_args, **_: prune(configs, named_args)}
     return triton.autotune(configs=configs, key=key, cache_results=True, **kwargs)
 
 
@@ -116,10 +119,9 @@ class EagerOp:
     mode, the op's Python implementation called directly, through a plain autograd.Function when a backward is
     given (the same setup_context and backward the op registers).
 
-    Why: a call through torch.library's custom-op machinery costs about half a millisecond of host time (torch
-    2.11 on an H100: attention forward + backward at BERT-base S128 took 1.39 ms of host time through the ops,
-    0.25 ms through the launchers), more than the kernels themselves at BERT sizes. The numbers are the same
-    either way: both faces run the same implementation.
+    Why: a call through torch.library's custom-op machinery costs the host more than our kernels' launches at BERT
+    sizes (measured in bench/NOTES.md §6). The numbers are the same either way: both faces run the same
+    implementation.
     """
 
     def __init__(self, op, impl, setup_context=None, backward=None):
@@ -146,5 +148,5 @@ class EagerOp:
         if torch.compiler.is_compiling() or not _plain_eager(args):
             return self.op(*args)
         if self.function is None or not _needs_grad(args):
-            return self.impl(*args)  # inference: no autograd.Function to build (about 10 µs of host a call)
+            return self.impl(*args)  # inference: no autograd.Function to build
         return self.function.apply(*args)

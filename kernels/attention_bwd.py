@@ -43,6 +43,7 @@ from .attention_fwd import (
     config_group_fp32,
     dropout_threshold,
     seq_bucket,
+    tiles_within_sequences,
     unit_last_stride,
     use_autotune,
 )
@@ -287,7 +288,8 @@ def _bwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None,
         if key not in _bwd_tuned:
             # the atomic variant adds into DQ_ACC: each timed trial must start from zeros
             _bwd_tuned[key] = autotune(
-                BWD_CONFIGS[key[0]], AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None
+                BWD_CONFIGS[key[0]], AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None,
+                prune=tiles_within_sequences(("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")),
             )(_bwd_kernel)
         return _bwd_tuned[key], {}
     if interpreting():  # BLOCK_M1 != BLOCK_N1 on purpose: the CPU tests cover the mixed-size tiling too

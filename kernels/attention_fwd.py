@@ -222,6 +222,19 @@ def seq_bucket(max_seqlen: int) -> int:
     return max(64, next_power_of_2(max(int(max_seqlen), 1)))
 
 
+def tiles_within_sequences(block_names: tuple[str, ...]):
+    """An autotune pruning rule: keep the configs whose tiles (the named block sizes) fit the key's sequence bucket,
+    the smallest config when none does. A tile longer than every sequence computes masked rows and columns only, so
+    at short lengths (fine-tuning's 64 tokens) the shape decides and nothing is compiled or timed for the rest."""
+
+    def prune(configs, named_args):
+        bucket = named_args["seq_bucket"]
+        fitting = [c for c in configs if all(c.kwargs[name] <= bucket for name in block_names)]
+        return fitting or [min(configs, key=lambda c: max(c.kwargs[name] for name in block_names))]
+
+    return prune
+
+
 # fp32 ("ieee" dots run on CUDA cores, operands held in registers): one fixed config per head-dim group, the
 # largest tile that compiles for sm_90a without spilling (bench/compile_sm90.py, triton 3.6 and 3.9: a 64 x 32
 # tile at 4 warps spills 1.3 KiB a thread at head_dim 64 and 29 KiB at 128).
@@ -251,7 +264,8 @@ def _fwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None)
     if use_autotune(dtype):
         group = config_group(head_dim)
         if group not in _fwd_tuned:
-            _fwd_tuned[group] = autotune(FWD_CONFIGS[group], AUTOTUNE_KEY)(_fwd_kernel)
+            _fwd_tuned[group] = autotune(FWD_CONFIGS[group], AUTOTUNE_KEY,
+                                         prune=tiles_within_sequences(("BLOCK_M", "BLOCK_N")))(_fwd_kernel)
         return _fwd_tuned[group], {}
     if interpreting():  # few, large blocks: the interpreter pays per operation, not per element
         return _fwd_kernel, {"BLOCK_M": 128, "BLOCK_N": 64}

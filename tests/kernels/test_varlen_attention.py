@@ -297,3 +297,21 @@ def test_bad_input_raises(case):
     fn, error, message = _bad_input_cases()[case]
     with pytest.raises(error, match=message):
         fn()
+
+
+def test_autotuning_skips_tiles_longer_than_the_sequences():
+    """At a 64-token bucket (fine-tuning's short sentences) the configs whose tiles fit are left (one forward config:
+    nothing is timed); at 512 every config is a candidate."""
+    import importlib
+
+    fwd = importlib.import_module("bert_fast_kernels.attention_fwd")
+    bwd = importlib.import_module("bert_fast_kernels.attention_bwd")
+    prune_fwd = fwd.tiles_within_sequences(("BLOCK_M", "BLOCK_N"))
+    prune_bwd = fwd.tiles_within_sequences(("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2"))
+    for group in ("small", "large"):
+        (kept,) = prune_fwd(fwd.FWD_CONFIGS[group], {"seq_bucket": 64})
+        assert kept.kwargs["BLOCK_M"] <= 64 and kept.kwargs["BLOCK_N"] <= 64
+        kept = prune_bwd(bwd.BWD_CONFIGS[group], {"seq_bucket": 64})
+        assert 1 <= len(kept) < len(bwd.BWD_CONFIGS[group])
+        assert all(max(c.kwargs.values()) <= 64 for c in kept)
+        assert prune_fwd(fwd.FWD_CONFIGS[group], {"seq_bucket": 512}) == fwd.FWD_CONFIGS[group]
