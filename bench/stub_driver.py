@@ -21,6 +21,7 @@ import sys
 KERNEL_MODULES = ("bias_gelu", "add_layer_norm", "attention_fwd", "attention_bwd", "varlen_attention", "linear_gelu")
 launches: list[tuple] = []  # while `recording`, the arguments of each stubbed launch (grid, stream, ..., kernel args)
 recording = False  # off for timing: a growing list of tensors would make the garbage collector part of the numbers
+compile_while_tuning = False  # compile every config the autotuner "times", as it does on a GPU (first-call costs)
 compiled: list = []  # every kernel Triton compiled in this process
 installed = False
 
@@ -53,6 +54,8 @@ def _record(*args):
 
 def _keyed_timing(tuner, *args, config, **kwargs) -> list[float]:
     """A stand-in for timing a config: a rotation of the config list that depends on the key's values."""
+    if compile_while_tuning:
+        tuner.fn.run(*args, **{**kwargs, **config.all_kwargs(), "warmup": True})
     key = tuple(tuner.nargs.get(name, kwargs.get(name)) for name in tuner.keys)
     shift = sum(v for v in key if isinstance(v, int))
     return [float((tuner.configs.index(config) + shift) % len(tuner.configs))]

@@ -20,6 +20,7 @@ COMMANDS = [
     ("predict", "predict", "apply a fine-tuned checkpoint to a classify / tag / qa / choice file"),
     ("features", "features", "hidden states of chosen layers (the paper's feature-based use), saved as .npz"),
     ("bench", "bench", "end-to-end speed against Hugging Face transformers (CUDA)"),
+    ("warmup", "warmup", "compile and autotune the fused kernels for a model's shapes ahead of its first step (CUDA)"),
 ]
 
 
