@@ -44,11 +44,11 @@ class GraphedEncoder:
     BertModel and every head model (no labels). Pass CPU tensors (a tokenizer's output) to save a device sync:
     the batch is packed on the host."""
 
-    def __init__(self, model, max_graphs: int = 32, warmup: int = 2):
+    def __init__(self, model, max_graphs: int = 32, warmup: int = 2, eval_model: bool = True):
         device = next(model.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"GraphedEncoder captures CUDA graphs; the model is on {device}")
-        self.model = model.eval()
+        self.model = model.eval() if eval_model else model  # graphs replay what they captured: inference
         self.device = device
         self.max_graphs = max_graphs
         self.warmup = warmup

@@ -193,12 +193,14 @@ class BertPreTrainedModel(nn.Module):
                 module._resolved_impl = None
         return self
 
-    def implementation(self, device: torch.device) -> ops_lib.Ops:
-        """The dispatch layer's functions this model runs on `device` (its impl setting resolved)."""
-        ops = ops_lib.resolve(self.impl, device)
+    def implementation(self, device: torch.device, static: bool = False) -> ops_lib.Ops:
+        """The dispatch layer's functions this model runs on `device` (its impl setting resolved; `static`: for a
+        bucket's batch)."""
+        ops = ops_lib.resolve(self.impl, device, self.config.hidden_size, static)
         if ops.name != self._resolved_impl and not torch.compiler.is_compiling():
             if self.impl == "auto":
-                logger.info("bert_fast: impl='auto' uses %s on %s", ops.name, device.type)
+                logger.info("bert_fast: impl='auto' uses %s on %s (hidden size %d%s)", ops.name, device.type,
+                            self.config.hidden_size, ", a static batch" if static else "")
             self._resolved_impl = ops.name
         return ops
 
@@ -314,7 +316,7 @@ class BertModel(BertPreTrainedModel):
             self.config, self.embeddings.word_embeddings.weight.device, input_ids, cu_seqlens, max_seqlen,
             token_type_ids, position_ids,
         )
-        ops = self.implementation(input_ids.device)
+        ops = self.implementation(input_ids.device, static=True)
         layout = ops_lib.PrepackedLayout(cu_seqlens, max_seqlen)
         hidden, all_hidden = self._encode_layout(input_ids, token_type_ids, position_ids, layout, ops,
                                                  output_hidden_states)
@@ -332,7 +334,7 @@ class BertModel(BertPreTrainedModel):
         on the host when the batch was packed.
         """
         if layout is not None:
-            ops = self.implementation(input_ids.device)
+            ops = self.implementation(input_ids.device, static=True)
             hidden, all_hidden = self._encode_layout(input_ids, token_type_ids, position_ids, layout, ops,
                                                      output_hidden_states)
             return hidden, layout, all_hidden
@@ -447,7 +449,7 @@ class BertForPreTraining(BertPreTrainedModel):
                 next_sentence_label=None, output_hidden_states: bool = False, layout=None) -> PreTrainingOutput:
         hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                                       output_hidden_states, layout=layout)
-        ops = self.bert.implementation(hidden.device)
+        ops = self.bert.implementation(hidden.device, static=isinstance(layout, ops_lib.StaticLayout))
         nsp_logits = self.cls.seq_relationship(self.bert.pooler(layout.first_tokens(hidden)))
         if labels is None:
             mlm_loss, mlm_logits = None, layout.unpack(self.cls.predictions(hidden, ops))
@@ -487,7 +489,7 @@ class BertForMaskedLM(BertPreTrainedModel):
                 output_hidden_states: bool = False, layout=None) -> MaskedLMOutput:
         hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                                       output_hidden_states, layout=layout)
-        ops = self.bert.implementation(hidden.device)
+        ops = self.bert.implementation(hidden.device, static=isinstance(layout, ops_lib.StaticLayout))
         if labels is None:
             loss, logits = None, layout.unpack(self.cls(hidden, ops))
         else:

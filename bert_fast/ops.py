@@ -8,7 +8,8 @@ bundles the functions of one implementation and how it lays a batch out:
 - "triton": our fused kernels on the packed (tokens, hidden) tensor of real tokens only; each encoder layer one
   autograd node in eager mode (fused_layer.py), step by step (custom ops) where torch.compile traces.
 
-"auto" resolves per forward from the input's device: triton on CUDA, reference elsewhere.
+"auto" resolves per forward: triton on CUDA for models of hidden size 768 and more (and for static batches),
+reference elsewhere (AUTO_FUSED_MIN_HIDDEN says why).
 """
 
 from __future__ import annotations
@@ -358,8 +359,23 @@ def kernels_usable(device: torch.device) -> bool:
     return device.type == "cuda" or interpreter_requested()
 
 
-def resolve(impl: str, device: torch.device) -> Ops:
-    """The Ops for an impl setting and the device the batch lives on."""
+# impl="auto" on CUDA: the fused path where it was measured faster than the plain PyTorch one, the reference path
+# where it was measured slower (small models at small batches, bound by the host; bench/NOTES.md §9 has the rows
+# and the stage that re-measures them). Static batches (buckets, captured graphs) always take the fused path: the
+# reference's attention reads sequence lengths on the host, which a graph cannot hold.
+AUTO_FUSED_MIN_HIDDEN = 768
+
+
+def auto_uses_fused(device: torch.device, hidden_size: int | None = None, static: bool = False) -> bool:
+    """The rule impl="auto" follows (see AUTO_FUSED_MIN_HIDDEN)."""
+    if device.type != "cuda":
+        return False
+    return static or hidden_size is None or hidden_size >= AUTO_FUSED_MIN_HIDDEN
+
+
+def resolve(impl: str, device: torch.device, hidden_size: int | None = None, static: bool = False) -> Ops:
+    """The Ops for an impl setting, the device the batch lives on and, for impl="auto", the model's hidden size and
+    whether the batch is a static one (a bucket's)."""
     if impl == "reference":
         return REFERENCE
     if impl == "triton":
@@ -369,4 +385,4 @@ def resolve(impl: str, device: torch.device) -> Ops:
                 "the CPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter"
             )
         return triton_ops()
-    return triton_ops() if device.type == "cuda" else REFERENCE
+    return triton_ops() if auto_uses_fused(device, hidden_size, static) else REFERENCE

@@ -26,6 +26,7 @@ from .modeling import BertModel
 logger = logging.getLogger("bert_fast")
 
 _SHADOW = "_bert_fast_shadow"
+_GRAPHS = "_bert_fast_graphs"  # a GraphedEncoder around the shadow, for patch(..., graphs=True)
 # Keyword arguments the fused forward understands; anything else sends the call to transformers' forward.
 _SERVED = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "output_hidden_states", "return_dict",
            "inputs_embeds", "head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
@@ -137,7 +138,12 @@ def _fused_forward(hf_bert, original_forward):
         want_hidden = kwargs.get("output_hidden_states")
         if want_hidden is None:
             want_hidden = getattr(hf_bert.config, "output_hidden_states", False)
-        out = shadow(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=bool(want_hidden))
+        graphs = hf_bert.__dict__.get(_GRAPHS)
+        if graphs is not None and not want_hidden and not hf_bert.training and not torch.is_grad_enabled():
+            out = graphs(input_ids, attention_mask, token_type_ids, position_ids)
+        else:
+            out = shadow(input_ids, attention_mask, token_type_ids, position_ids,
+                         output_hidden_states=bool(want_hidden))
         result = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output, hidden_states=out.hidden_states)
         return_dict = kwargs.get("return_dict")
@@ -148,8 +154,12 @@ def _fused_forward(hf_bert, original_forward):
     return forward
 
 
-def patch(model: nn.Module, impl: str = "auto") -> nn.Module:
-    """Make every transformers BertModel inside `model` run bert_fast's encoder, in place. Returns `model`."""
+def patch(model: nn.Module, impl: str = "auto", graphs: bool = False) -> nn.Module:
+    """Make every transformers BertModel inside `model` run bert_fast's encoder, in place. Returns `model`.
+
+    graphs=True (CUDA) serves inference calls (eval mode, no gradient, no hidden states asked for) through captured
+    CUDA graphs, one per shape bucket (bert_fast.inference.GraphedEncoder); pass the inputs on the host (a
+    tokenizer's tensors) to spare a device sync."""
     hf_class = _transformers_bert_class()
     patched = 0
     for module in model.modules():
@@ -165,6 +175,10 @@ def patch(model: nn.Module, impl: str = "auto") -> nn.Module:
             logger.warning("bert_fast.patch: left a BertModel unpatched: %s", e)
             continue
         module.__dict__[_SHADOW] = shadow  # not a registered submodule: its parameters are the model's own
+        if graphs:
+            from .inference import GraphedEncoder
+
+            module.__dict__[_GRAPHS] = GraphedEncoder(shadow, eval_model=False)
         module.forward = _fused_forward(module, type(module).forward.__get__(module))
         patched += 1
     if patched == 0:
@@ -178,6 +192,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if _SHADOW in module.__dict__:
             del module.__dict__[_SHADOW]
+            module.__dict__.pop(_GRAPHS, None)
             del module.__dict__["forward"]
     return model
 
