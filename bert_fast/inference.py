@@ -45,6 +45,9 @@ class GraphedEncoder:
     the batch is packed on the host."""
 
     def __init__(self, model, max_graphs: int = 32, warmup: int = 2, eval_model: bool = True):
+        if getattr(model, "impl", "triton") == "reference":
+            raise ValueError("GraphedEncoder captures the fused path; the reference path reads sequence lengths on "
+                             "the host, which a graph cannot hold: use impl='auto' or 'triton'")
         device = next(model.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"GraphedEncoder captures CUDA graphs; the model is on {device}")

@@ -71,6 +71,9 @@ class CapturedStep:
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         if self.graphs:
             _check_capturable(optimizer)
+            if any(getattr(m, "impl", None) == "reference" for m in model.modules()):
+                raise CaptureError("CapturedStep: the reference path reads sequence lengths on the host, which a "
+                                   "graph cannot hold; capture the fused path (impl='auto' or 'triton')")
         self.captured: dict[tuple[Bucket, bool, float], _Captured] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
 

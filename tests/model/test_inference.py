@@ -190,3 +190,8 @@ def test_graphed_embeddings(minilm_dir):
     eager = bert_fast.embed(model, tokenizer, SENTENCES * 3, batch_size=4)
     graphed = bert_fast.embed(model, tokenizer, SENTENCES * 3, batch_size=4, graphs=True)
     assert abs(graphed - eager).max() <= 1e-4
+
+
+def test_graphs_refuse_the_reference_path():
+    with pytest.raises(ValueError, match="captures the fused path"):
+        GraphedEncoder(bert_fast.BertModel(tiny_config(), impl="reference"))

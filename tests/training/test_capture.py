@@ -61,10 +61,13 @@ def test_steps_match_plain_eager_training(optimizer_name):
     assert all(not p.grad.any() for p in model.parameters())  # persistent gradients, zeroed in place
 
 
-def test_graphs_need_a_tensor_learning_rate():
+def test_graphs_need_a_tensor_learning_rate_and_the_fused_path():
     model = bert_fast.BertModel(tiny_config())
     with pytest.raises(CaptureError, match="learning rate must be a tensor"):
         CapturedStep(model, torch.optim.AdamW(model.parameters(), lr=1e-3), graphs=True)
+    model.set_impl("reference")
+    with pytest.raises(CaptureError, match="capture the fused path"):
+        CapturedStep(model, build_optimizer(model, capturable=True), graphs=True)
 
 
 def test_lamb_keeps_its_step_counter_on_the_device_and_takes_a_tensor_rate():
