@@ -81,7 +81,7 @@ class _Plan:
             return
         params = jit.params
         names = [p.name for p in params]
-        # positional arguments: (index, kind) with kind "tensor-or-scalar" decided per value; constexprs are keys
+        # per positional argument: whether Triton specializes it on its value, and a pointer on its alignment
         self.specialize = [not params[i].do_not_specialize for i in range(min(n_args, len(params)))]
         self.align = [not params[i].do_not_specialize_on_alignment for i in range(min(n_args, len(params)))]
         self.constexpr_positions = [i for i in range(min(n_args, len(params))) if params[i].is_constexpr]
@@ -105,6 +105,7 @@ class _Plan:
         n = len(args)
         values = [kwargs[name] if name in kwargs else args[i] for name, i in self.key_args if name in kwargs or i < n]
         values += [a.dtype for a in args if isinstance(a, torch.Tensor)]
+        values += [v.dtype for v in kwargs.values() if isinstance(v, torch.Tensor)]
         return tuple(values)
 
     def specialization(self, args) -> tuple | None:
