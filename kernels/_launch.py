@@ -82,8 +82,9 @@ class _Plan:
         params = jit.params
         names = [p.name for p in params]
         # per positional argument: whether Triton specializes it on its value, and a pointer on its alignment
-        self.specialize = [not params[i].do_not_specialize for i in range(min(n_args, len(params)))]
-        self.align = [not params[i].do_not_specialize_on_alignment for i in range(min(n_args, len(params)))]
+        self.specialize = [not getattr(params[i], "do_not_specialize", False) for i in range(min(n_args, len(params)))]
+        self.align = [not getattr(params[i], "do_not_specialize_on_alignment", False)
+                      for i in range(min(n_args, len(params)))]
         self.constexpr_positions = [i for i in range(min(n_args, len(params))) if params[i].is_constexpr]
         self.keywords = keywords
         self.tuned_names: tuple[str, ...] = ()
