@@ -11,7 +11,8 @@ each for the forward alone and for forward + backward (torch.autograd.grad), and
 (layer-triton: the packed fast path; layer-reference: the padded reference path, Hugging Face's computation).
 
 Each is measured along four launch paths (the `path` column):
-  lean       our cached launch path (bert_fast_kernels._launch, the default): Triton's Python path once per kind
+  lean       our cached launch path (bert_fast_kernels._launch; BERT_FAST_LEAN_LAUNCH=1): Triton's Python path once
+             per kind
   triton     Triton's own path on every call (kernel[grid](...): Autotuner.run, JITFunction.run)
   no-jit     Triton's path with JITFunction.run stubbed: the Autotuner's and our own host code
   ours       Autotuner.run and Heuristics.run stubbed too: only our own host code (and PyTorch's)
@@ -125,41 +126,83 @@ def cases(device: str, dtype: torch.dtype) -> dict:
             "launcher": lambda x, r, w, b: ln.add_layer_norm_fwd(x, r, w, b, 1e-12)[0],
             "eager": lambda x, r, w, b: add_layer_norm(x, r, w, b),
             "custom-op": lambda x, r, w, b: torch.ops.bert_fast.add_layer_norm_fwd(x, r, w, b, None, 1e-12, 0.0, 0,
-                                                                                  False)[0],
+                                                                                  None, False)[0],
             "torch": lambda x, r, w, b: add_layer_norm_ref(x, r, w, b),
         }),
         "attention": ([randn(sum(lengths), 3, heads, head_dim)], {
             "launcher": lambda qkv: attention_fwd.varlen_attention_fwd(*qkv.unbind(1), cu, max_len, 0.0, scale, 0)[0],
             "eager": lambda qkv: varlen_attention_qkvpacked(qkv, cu, max_len, validate=False),
-            "custom-op": lambda qkv: att._packed_fwd_op(qkv, cu, max_len, 0.0, scale, 0, True)[0],
+            "custom-op": lambda qkv: att._packed_fwd_op(qkv, cu, max_len, 0.0, scale, 0, None, True)[0],
             "torch": attention_ref,
         }),
-        # CPU GEMMs in half precision take a millisecond each at any size: the CPU runs the layer in float32
-        "encoder-layer": encoder_layer_case(device, dtype if device == "cuda" else torch.float32),
     }
 
 
-def encoder_layer_case(device: str, dtype: torch.dtype):
-    """One narrow BERT layer (hidden 64, 2 heads of 32, FFN 256) on two sequences of 64 and 40 tokens, so that
-    even a CPU's GEMMs take little time: every host step of the model's code around the kernels (projections,
-    layout, views), fast path and reference path."""
+# The model-level cases: one layer, and whole training steps of two model structures, each on the fused path
+# (impl="triton", through each launch path) and on the reference path, at widths and lengths small enough that a
+# CPU's GEMMs take little time, so what is measured is the host's work around them. Without dropout: on CPU
+# tensors the reference path's dropout would be the CPU drawing random numbers, work a GPU does, not the host;
+# the "-dropout" cases show what dropout adds to the fused path (its seeds).
+TINY = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 128, "vocab_size": 1000,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+STEPS = {  # case: (layers, model class name, objective)
+    "step-minilm": (6, "BertForSequenceClassification", "classification"),  # all-MiniLM-L6-v2's depth
+    "step-base": (12, "BertForPreTraining", "mlm+nsp"),  # BERT-base's depth
+}
+LENGTHS = (24, 13)  # two sequences, one padded
+
+
+def _batch(device):
+    seq = max(LENGTHS)
+    mask = torch.zeros(len(LENGTHS), seq, dtype=torch.long, device=device)
+    for i, n in enumerate(LENGTHS):
+        mask[i, :n] = 1
+    ids = torch.randint(1, TINY["vocab_size"], mask.shape, device=device) * mask
+    return ids, mask
+
+
+def model_cases(device: str, dtype: torch.dtype, steps: bool = True) -> dict:
+    """{case: {impl: (fn(), leaves)}}: a training layer and two training steps (forward and loss; the backward is
+    _timed_model_call's) on each implementation, and the fused layer and MiniLM step with dropout 0.1."""
+    import bert_fast
     from bert_fast import ops as ops_lib
-    from bert_fast.config import BertConfig
     from bert_fast.modeling import BertLayer
 
-    config = BertConfig(hidden_size=64, num_attention_heads=2, intermediate_size=256, num_hidden_layers=1,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    layer = BertLayer(config).to(device=device, dtype=dtype)
-    mask = torch.zeros(2, 64, dtype=torch.long, device=device)
-    mask[0, :64], mask[1, :40] = 1, 1
-    fast, reference = ops_lib.triton_ops(), ops_lib.REFERENCE
-    packed = fast.layout(mask, 2, 64, device)
-    padded = reference.layout(mask, 2, 64, device)
-    hidden = torch.randn(2, 64, 64, device=device).to(dtype)
-    return [hidden], {
-        "layer-triton": lambda h: layer(packed.pack(h), packed, fast),
-        "layer-reference": lambda h: layer(h, padded, reference),
-    }
+    ids, mask = _batch(device)
+    fast, reference = ops_lib.resolve("triton", torch.device(device)), ops_lib.REFERENCE
+    packed = fast.layout(mask, *mask.shape, device)
+    padded = reference.layout(mask, *mask.shape, device)
+    cases = {}
+    for case, dropout in (("encoder-layer", 0.0), ("encoder-layer-dropout", 0.1)):
+        config = bert_fast.BertConfig(num_hidden_layers=1, **{**TINY, "hidden_dropout_prob": dropout,
+                                                              "attention_probs_dropout_prob": dropout})
+        layer = BertLayer(config).to(device=device, dtype=dtype).train()
+        hidden = torch.randn(*mask.shape, config.hidden_size, device=device, dtype=dtype, requires_grad=True)
+        packed_hidden = packed.pack(hidden.detach()).requires_grad_()
+        cases[case] = {"triton": (lambda layer=layer, h=packed_hidden: layer(h, packed, fast),
+                                  [packed_hidden, *layer.parameters()])}
+        if not dropout:
+            cases[case]["reference"] = (lambda layer=layer, h=hidden: layer(h, padded, reference),
+                                        [hidden, *layer.parameters()])
+    labels = torch.where(torch.rand(mask.shape, device=device) < 0.15, ids, -100).masked_fill(mask == 0, -100)
+    labels[0, 0] = ids[0, 0]  # at least one masked position
+    step_cases = [(case, spec, 0.0) for case, spec in STEPS.items()]
+    step_cases += [("step-minilm-dropout", STEPS["step-minilm"], 0.1)]
+    for case, (layers, class_name, objective), dropout in step_cases if steps else ():
+        config = bert_fast.BertConfig(num_hidden_layers=layers, num_labels=2, **{
+            **TINY, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
+        cases[case] = {}
+        for impl in ("triton", "reference")[:1 if dropout else 2]:
+            model = getattr(bert_fast, class_name)(config, impl=impl).to(device=device, dtype=dtype).train()
+            if objective == "classification":
+                targets = {"labels": torch.tensor([0, 1], device=device)}
+            else:
+                targets = {"labels": labels, "next_sentence_label": torch.tensor([0, 1], device=device)}
+            cases[case][impl] = (
+                lambda model=model, targets=targets: model(ids, attention_mask=mask, **targets).loss,
+                [p for p in model.parameters() if p.requires_grad],
+            )
+    return cases
 
 
 def main(argv=None) -> None:
@@ -168,6 +211,7 @@ def main(argv=None) -> None:
     parser.add_argument("--stub-driver", action="store_true",
                         help="no GPU: Triton's compiled launch path with the driver call stubbed (bench/stub_driver.py)")
     parser.add_argument("--save", action="store_true", help="without a GPU, append this machine's rows too")
+    parser.add_argument("--only", choices=("ops", "models"), help="only the per-op cases, or only layer and steps")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.stub_driver:
@@ -182,12 +226,39 @@ def main(argv=None) -> None:
         device, dtype, paths = "cpu", torch.float32, ("ours",)
     if device == "cpu":
         torch.set_num_threads(1)  # tiny CPU ops: threads add noise, not speed
+    # The fused rows time the encoder layer as one autograd node (bert_fast.fused_layer), off by default on CUDA
+    # until its GPU tests pass; BERT_FAST_FUSED_LAYER=0 times the step-by-step layer instead.
+    if "BERT_FAST_FUSED_LAYER" not in os.environ:
+        import bert_fast
+
+        bert_fast.set_fused_layer(True)
     # without a GPU, many short trials: the fastest of them is what the code costs, the rest is the machine's noise
     calls, repeats = (20, 1) if args.quick else (500, 3) if cuda else (200, 15)
     where = "cuda" if cuda else "cpu, stub driver" if args.stub_driver else "cpu, interpreter"
 
     rows = []
-    for op, (inputs, layers) in cases(device, dtype).items():
+    if args.only != "models":
+        rows += _op_rows(cases(device, dtype), paths, calls, repeats, cuda, where)
+    if args.only != "ops":
+        # CPU GEMMs in half precision take a millisecond each at any size: the CPU runs the models in float32
+        model_dtype = dtype if cuda else torch.float32
+        fused_paths = [p for p in ("lean", "triton", "ours") if p in paths]
+        cases_ = model_cases(device, model_dtype, steps=not args.quick)  # a smoke run: the layer only
+        rows += _model_rows(cases_, fused_paths, calls, repeats, cuda, where)
+
+    if not args.quick and (cuda or args.save):
+        save_rows(NAME, rows)
+    print(f"\nhost µs per call ({where}; paths: {', '.join(paths)}" + (", not saved)" if args.quick else ")"))
+    if args.only != "models":
+        columns = [f"{layer} {path}" for layer in ("launcher", "eager", "custom-op", "torch") for path in paths]
+        print(_table(rows, ("bias_gelu", "add_layer_norm", "attention"), columns))
+    if args.only != "ops":
+        print(model_table(rows))
+
+
+def _op_rows(op_cases, paths, calls, repeats, cuda, where) -> list[dict]:
+    rows = []
+    for op, (inputs, layers) in op_cases.items():
         for layer, fn in layers.items():
             for mode in ("fwd", "fwd+bwd"):
                 if mode == "fwd+bwd" and layer == "launcher":
@@ -202,14 +273,63 @@ def main(argv=None) -> None:
                     us = min(times)
                     rows.append({"op": op, "layer": layer, "mode": mode, "path": path, "host": where, "host_us": us})
                     print(f"{op:15s} {layer:15s} {mode:8s} {path:7s} {us:9.1f} us per call", flush=True)
+    return rows
 
-    if not args.quick and (cuda or args.save):
-        save_rows(NAME, rows)
-    print(f"\nhost µs per call ({where}; paths: {', '.join(paths)}" + (", not saved)" if args.quick else ")"))
-    columns = [f"{layer} {path}" for layer in ("launcher", "eager", "custom-op", "torch") for path in paths]
-    print(_table(rows, ("bias_gelu", "add_layer_norm", "attention"), columns))
-    print(_table(rows, ("encoder-layer",), [f"{layer} {path}" for layer in ("layer-triton", "layer-reference")
-                                            for path in paths]))
+
+def _model_rows(cases_, fused_paths, calls, repeats, cuda, where) -> list[dict]:
+    """The fused path along each launch path and the reference path, taking turns trial by trial."""
+    rows = []
+    for case, impls in cases_.items():
+        kind = "layer" if case.startswith("encoder-layer") else "step"
+        modes = ("fwd", "fwd+bwd") if kind == "layer" else ("fwd+bwd",)
+        n = calls if kind == "layer" else max(1, calls // 10)  # a step is many layers
+        for mode in modes:
+            variants = [("triton", path) for path in fused_paths] + [("reference", "-")] * ("reference" in impls)
+            timed = {impl: _timed_model_call(*impls[impl], mode) for impl in impls}
+            trials = {v: [] for v in variants}
+            for _ in range(repeats):
+                for impl, path in variants:
+                    with launch_path(path if path != "-" else "triton"):
+                        trials[(impl, path)].append(host_us(timed[impl], n, cuda))
+            for (impl, path), times in trials.items():
+                us = min(times)
+                rows.append({"op": case, "layer": f"{kind}-{impl}", "mode": mode, "path": path, "host": where,
+                             "host_us": us})
+                print(f"{case:15s} {kind + '-' + impl:15s} {mode:8s} {path:7s} {us:9.1f} us per call", flush=True)
+    return rows
+
+
+def _timed_model_call(fn, leaves, mode):
+    if mode == "fwd":
+
+        def call():
+            with torch.no_grad():
+                fn()
+
+        return call
+    out = fn()
+    grad = torch.randn_like(out)
+
+    def call():
+        torch.autograd.grad(fn(), leaves, grad, allow_unused=True)
+
+    return call
+
+
+def model_table(rows) -> str:
+    """Per layer and per step: the reference path, the fused path along each launch path, and fused / reference."""
+    table = {}
+    for r in rows:
+        if r["layer"].startswith(("layer-", "step-")):
+            entry = table.setdefault((r["op"], r["mode"]), {"case": r["op"], "mode": r["mode"]})
+            entry["reference" if r["layer"].endswith("reference") else f"fused {r['path']}"] = r["host_us"]
+    columns = ["case", "mode", "reference"]
+    for entry in table.values():
+        for key in [k for k in entry if k.startswith("fused ")]:
+            if "reference" in entry:
+                entry[f"{key} / reference"] = round(entry[key] / entry["reference"], 2)
+            columns += [c for c in (key, f"{key} / reference") if c not in columns]
+    return format_table(list(table.values()), columns)
 
 
 def _timed_call(fn, inputs, mode):

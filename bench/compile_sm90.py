@@ -71,6 +71,11 @@ def _signature(v: Variant) -> tuple[dict, dict, dict]:
     aligned; strides and widths 16-divisible unless the width is not (Triton's launcher specializes the same way
     on the values it sees)."""
     sig, consts = {}, dict(v.constexprs)
+    if "SEED_IN_MEMORY" in v.fn.arg_names and "SEED_IN_MEMORY" not in consts:
+        # dropout seeds as the model passes them: an int64 device tensor the kernel loads (no host sync)
+        in_memory = bool(consts.get("HAS_DROPOUT", True))
+        consts["SEED_IN_MEMORY"] = in_memory
+        v = dataclasses.replace(v, pointers={**v.pointers, "SEED": "*i64" if in_memory else None})
     for name in v.fn.arg_names:
         if name in v.constexprs:
             sig[name] = "constexpr"

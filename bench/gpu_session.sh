@@ -10,6 +10,11 @@
 #   bash bench/gpu_session.sh ffn            the fused FFN GEMM (linear_gelu) against cuBLAS + bias_gelu and Inductor;
 #                                            "ffn-e2e": BERT-base end to end with it on and off (one call each)
 #   bash bench/gpu_session.sh impl-e2e       mini / small / base: the fused path against our own reference path
+#   bash bench/gpu_session.sh capture        the GPU tests of captured steps, graphed heads and launch plans, then
+#                                            "small": the small-model goals (fine-tuning MiniLM-L6 B32 x S64 and
+#                                            pretraining BERT-mini B128 x S128 eager and captured vs our reference
+#                                            path and HF sdpa; BERT-base latency B1 / B8 / B32 x S128), one call each
+#   bash bench/gpu_session.sh first-step     time to the first trained step: cold cache, warm, after bert-fast warmup
 #   bash bench/gpu_session.sh pretrain ARGS  bench_pretrain (bf16 fast path vs fp32 reference convergence, tokens/s)
 #   bash bench/gpu_session.sh finetune ARGS  bench_finetune (reference vs triton on real data; --name finetune_gpu)
 #   bash bench/gpu_session.sh families       the BERT family on the GPU: its gpu tests (RoBERTa-/XLM-R-base bf16 parity,
@@ -88,6 +93,22 @@ case "${1:-tests}" in
       --workloads infer-B256-S128,train-B256-S128,train-B32-S512-ragged \
       --providers bert_fast,bert_fast-reference,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_impl.log"
     save e2e.jsonl e2e_impl.md e2e_impl.png ;;
+  capture)  # what decides whether captured steps (and the planned launch path) may become defaults
+    pytest_gpu gpu_tests_capture tests/training/test_capture_gpu.py tests/model/test_inference_gpu.py \
+      tests/model/test_fused_layer_gpu.py tests/finetune/test_finetune_capture_gpu.py \
+      tests/kernels/test_launch_gpu.py "${@:2}" ;;
+  small)  # the goals for small models and batches: >= 2x HF sdpa and our reference path; B1 <= 0.35 ms
+    python -m bench.bench_e2e --sizes minilm-l6 --name e2e_small_finetune --workloads finetune-B32-S64-ragged \
+      --providers bert_fast,bert_fast+graphs,bert_fast-reference,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_small_finetune.log"
+    python -m bench.bench_e2e --sizes mini --name e2e_small_pretrain --workloads train-B128-S128 \
+      --providers bert_fast,bert_fast+graphs,bert_fast-reference,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_small_pretrain.log"
+    python -m bench.bench_e2e --sizes base --name e2e_latency \
+      --workloads latency-B1-S128,latency-B8-S128,latency-B32-S128 \
+      --providers bert_fast,bert_fast+graphs,bert_fast-reference,hf-eager,hf-sdpa 2>&1 | tee "$OUT/bench_e2e_latency.log"
+    save e2e.jsonl e2e_small_finetune.md e2e_small_pretrain.md e2e_latency.md ;;
+  first-step)
+    python -m bench.bench_first_step 2>&1 | tee "$OUT/bench_first_step.log"
+    save first_step.jsonl ;;
   pretrain)
     python -m bench.bench_pretrain "${@:2}" 2>&1 | tee "$OUT/bench_pretrain.log"
     save bench_pretrain.jsonl pretrain_convergence.png pretrain_profile_ours-bf16-triton.txt \

@@ -6,9 +6,9 @@ by a recorder of its arguments. Autotuning times nothing: it picks a config that
 that different keys get different picks, as they may on a GPU). Tensors are
 CPU tensors (the device checks of our launchers are switched off); nothing is computed.
 
-What it is for: measuring the host cost of launches where there is no GPU (`python -m bench.host_launch`), and
-checking that bert_fast_kernels' cached launch path (_launch.py) hands the launcher the same arguments as Triton's
-own path (tests/kernels/test_launch.py). Call `install()` in a fresh process without TRITON_INTERPRET, before
+What it is for: measuring the host cost of launches without a GPU (`python -m bench.bench_launch --stub-driver`),
+and checking that bert_fast_kernels' cached launch path (_launch.py) hands the launcher the same arguments as
+Triton's own path (tests/kernels/test_launch.py). Call `install()` in a fresh process without TRITON_INTERPRET, before
 anything imports bert_fast_kernels.
 """
 
@@ -21,6 +21,7 @@ import sys
 KERNEL_MODULES = ("bias_gelu", "add_layer_norm", "attention_fwd", "attention_bwd", "varlen_attention", "linear_gelu")
 launches: list[tuple] = []  # while `recording`, the arguments of each stubbed launch (grid, stream, ..., kernel args)
 recording = False  # off for timing: a growing list of tensors would make the garbage collector part of the numbers
+compile_while_tuning = False  # compile every config the autotuner "times", as it does on a GPU (first-call costs)
 compiled: list = []  # every kernel Triton compiled in this process
 installed = False
 
@@ -53,6 +54,8 @@ def _record(*args):
 
 def _keyed_timing(tuner, *args, config, **kwargs) -> list[float]:
     """A stand-in for timing a config: a rotation of the config list that depends on the key's values."""
+    if compile_while_tuning:
+        tuner.fn.run(*args, **{**kwargs, **config.all_kwargs(), "warmup": True})
     key = tuple(tuner.nargs.get(name, kwargs.get(name)) for name in tuner.keys)
     shift = sum(v for v in key if isinstance(v, int))
     return [float((tuner.configs.index(config) + shift) % len(tuner.configs))]
@@ -84,4 +87,7 @@ def install() -> None:
         module = importlib.import_module(f"bert_fast_kernels.{name}")
         if hasattr(module, "check_kernel_device"):
             module.check_kernel_device = lambda *args, **kwargs: None
+    from bert_fast import ops  # the model's impl="triton" runs on these CPU tensors too
+
+    ops.kernels_usable = lambda device: True
     installed = True

@@ -15,7 +15,7 @@ from .heads import (
 )
 from .inputs import InputError
 from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
-from .ops import set_fused_linear_gelu
+from .ops import set_fused_layer, set_fused_linear_gelu
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 from .patch import is_patched, patch, unpatch
 from .tokenizer import BertTokenizer, Tokenizer, TokenizerError
@@ -44,6 +44,7 @@ __all__ = [
     "embed",
     "is_patched",
     "patch",
+    "set_fused_layer",
     "set_fused_linear_gelu",
     "unpatch",
 ]

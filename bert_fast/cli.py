@@ -23,6 +23,7 @@ COMMANDS = [
     ("features", "features", "hidden states of chosen layers (the paper's feature-based use), saved as .npz"),
     ("bench", "bench", "end-to-end speed against Hugging Face transformers (CUDA)"),
     ("audit", "audit", "fused path vs reference path, layer by layer, on your checkpoint and texts (exit 1 if off)"),
+    ("warmup", "warmup", "compile and autotune the fused kernels for a model's shapes ahead of its first step (CUDA)"),
 ]
 
 

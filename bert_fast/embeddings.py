@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .inference import GraphedEncoder
 from .modeling import BertModel
 from .tokenizer import Tokenizer
 
@@ -31,13 +32,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 @torch.inference_mode()
 def embed(model: BertModel, tokenizer: Tokenizer, texts: Sequence[str], pooling: str = "mean",
-          batch_size: int = 64, max_length: int | None = None, normalize: bool = False) -> np.ndarray:
-    """(len(texts), hidden) float32 embeddings, in the order of `texts`."""
+          batch_size: int = 64, max_length: int | None = None, normalize: bool = False,
+          graphs: bool | GraphedEncoder = False) -> np.ndarray:
+    """(len(texts), hidden) float32 embeddings, in the order of `texts`.
+
+    graphs=True (CUDA) replays each batch's bucket through captured CUDA graphs (bert_fast.inference.GraphedEncoder,
+    or pass one to keep its graphs across calls): for small batches, whose time is the host's."""
     if isinstance(texts, str):
         raise TypeError("embed takes a list of texts")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
+    graphed = graphs if isinstance(graphs, GraphedEncoder) else GraphedEncoder(model) if graphs else None
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     if not texts:
         return out
@@ -46,8 +52,12 @@ def embed(model: BertModel, tokenizer: Tokenizer, texts: Sequence[str], pooling:
     order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in chosen]).items()}
-        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling)
+        host = tokenizer.pad([encodings[i] for i in chosen])
+        if graphed is not None:  # packed on the host, replayed
+            hidden = graphed(**host).last_hidden_state
+        else:
+            hidden = model(**{k: v.to(device) for k, v in host.items()}).last_hidden_state
+        vectors = pool(hidden, host["attention_mask"].to(device), pooling)
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         out[chosen] = vectors.cpu().numpy()

@@ -149,10 +149,6 @@ def _first_token_logits(model: BertPreTrainedModel, layout: str, hidden, batch_l
     return model.classifier(model.dropout(F.relu(model.pre_classifier(first))))
 
 
-def _hidden_states(layout, all_hidden):
-    return tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None
-
-
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None):
     """transformers' rule: one label -> MSE regression; integer labels -> cross-entropy; else multi-label BCE."""
     num_labels = logits.shape[-1]
@@ -187,12 +183,12 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states: bool = False) -> SequenceClassifierOutput:
+                output_hidden_states: bool = False, layout=None) -> SequenceClassifierOutput:
         hidden, layout, all_hidden = self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                            output_hidden_states)
+                                                            output_hidden_states, layout=layout)
         logits = _first_token_logits(self, self.head_layout, hidden, layout)  # (batch, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config.problem_type) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=_hidden_states(layout, all_hidden))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=layout.unpack_all(all_hidden))
 
 
 class BertForTokenClassification(BertPreTrainedModel):
@@ -207,9 +203,9 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states: bool = False) -> TokenClassifierOutput:
+                output_hidden_states: bool = False, layout=None) -> TokenClassifierOutput:
         hidden, layout, all_hidden = self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                            output_hidden_states)
+                                                            output_hidden_states, layout=layout)
         logits = layout.unpack(self.classifier(self.dropout(hidden)))  # (batch, seq, num_labels)
         loss = None
         if labels is not None:
@@ -218,7 +214,7 @@ class BertForTokenClassification(BertPreTrainedModel):
             if attention_mask is not None:
                 labels = labels.masked_fill(attention_mask == 0, -100)
             loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=_hidden_states(layout, all_hidden))
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=layout.unpack_all(all_hidden))
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
@@ -236,9 +232,9 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, start_positions=None,
-                end_positions=None, output_hidden_states: bool = False) -> QuestionAnsweringModelOutput:
+                end_positions=None, output_hidden_states: bool = False, layout=None) -> QuestionAnsweringModelOutput:
         hidden, layout, all_hidden = self.base_model.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                            output_hidden_states)
+                                                            output_hidden_states, layout=layout)
         logits = layout.unpack(self.qa_outputs(self.dropout(hidden)))  # (batch, seq, 2)
         if attention_mask is not None:
             logits = logits.masked_fill((attention_mask == 0).unsqueeze(-1), torch.finfo(logits.dtype).min)
@@ -253,7 +249,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             end_loss = F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
             loss = (start_loss + end_loss) / 2
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                            hidden_states=_hidden_states(layout, all_hidden))
+                                            hidden_states=layout.unpack_all(all_hidden))
 
 
 class BertForMultipleChoice(BertPreTrainedModel):
@@ -270,18 +266,21 @@ class BertForMultipleChoice(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states: bool = False) -> MultipleChoiceModelOutput:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 3:
+                output_hidden_states: bool = False, layout=None) -> MultipleChoiceModelOutput:
+        if layout is not None:  # a bucket's: the choices of each example packed one after another
+            num_choices, flat = layout.choices, (lambda t: t)
+        elif not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 3:
             shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise InputError(f"multiple choice input_ids must have shape (batch, num_choices, seq), got {shape}")
-        num_choices = input_ids.shape[1]
+        else:
+            num_choices = input_ids.shape[1]
 
-        def flat(t):  # (batch, choices, seq) -> (batch * choices, seq)
-            return None if t is None else t.reshape(-1, t.shape[-1])
+            def flat(t):  # (batch, choices, seq) -> (batch * choices, seq)
+                return None if t is None else t.reshape(-1, t.shape[-1])
 
         hidden, layout, all_hidden = self.base_model.encode(flat(input_ids), flat(attention_mask),
                                                             flat(token_type_ids), flat(position_ids),
-                                                            output_hidden_states)
+                                                            output_hidden_states, layout=layout)
         logits = _first_token_logits(self, self.head_layout, hidden, layout).view(-1, num_choices)  # (batch, choices)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=_hidden_states(layout, all_hidden))
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=layout.unpack_all(all_hidden))

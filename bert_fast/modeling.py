@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops as ops_lib
-from .config import BertConfig, ConfigError
+from .config import BertConfig
+from .errors import ConfigError, InputError
 from .families import register_renames
 from .inputs import check_inputs, check_packed_inputs
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
@@ -147,6 +148,10 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(self, hidden, layout, ops) -> torch.Tensor:
+        return ops.encoder_layer(self, hidden, layout, ops)
+
+    def forward_steps(self, hidden, layout, ops) -> torch.Tensor:
+        """The layer's steps one by one through the dispatch layer (the fused path may run them as one node)."""
         attended = self.attention(hidden, layout, ops)
         return self.output(self.intermediate(attended, ops), attended, ops)
 
@@ -211,11 +216,14 @@ class BertPreTrainedModel(nn.Module):
                 module._resolved_impl = None
         return self
 
-    def _ops(self, device: torch.device) -> ops_lib.Ops:
-        ops = ops_lib.resolve(self.impl, device)
+    def implementation(self, device: torch.device, static: bool = False) -> ops_lib.Ops:
+        """The dispatch layer's functions this model runs on `device` (its impl setting resolved; `static`: for a
+        bucket's batch)."""
+        ops = ops_lib.resolve(self.impl, device, self.config.hidden_size, static)
         if ops.name != self._resolved_impl and not torch.compiler.is_compiling():
             if self.impl == "auto":
-                logger.info("bert_fast: impl='auto' uses %s on %s", ops.name, device.type)
+                logger.info("bert_fast: impl='auto' uses %s on %s (hidden size %d%s)", ops.name, device.type,
+                            self.config.hidden_size, ", a static batch" if static else "")
             self._resolved_impl = ops.name
         return ops
 
@@ -300,6 +308,7 @@ class BertModel(BertPreTrainedModel):
         return_packed: bool = False,
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
+        layout: ops_lib.StaticLayout | None = None,
     ) -> BertModelOutput:
         """Encode a padded batch. Outputs are (batch, seq, hidden) with zeros at padded positions on the packed
         path; with return_packed=True, last_hidden_state is (tokens, hidden) over real tokens only, sequence after
@@ -307,29 +316,33 @@ class BertModel(BertPreTrainedModel):
 
         A flattened batch (transformers' DataCollatorWithFlattening: input_ids (1, tokens) with position_ids that
         restart per sequence, or cu_seqlens) encodes each sequence alone; see packed.forward_flattened.
+
+        With a bucket's `layout` (bert_fast.buckets.pack_batch), the inputs arrive packed to the bucket's shapes
+        and every output has the bucket's shapes: nothing depends on the batch's values (CUDA-graph capture).
         """
         # Flattened inputs from outside (packed.py): a separate path, recognised here.
-        flat = flattened_sequences(input_ids, attention_mask, position_ids, cu_seqlens)
+        flat = None if layout is not None else flattened_sequences(input_ids, attention_mask, position_ids,
+                                                                    cu_seqlens)
         if flat is not None:
             return forward_flattened(self, input_ids, flat, max_seqlen, token_type_ids, position_ids,
                                      output_hidden_states, return_packed)
         hidden, layout, all_hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                 output_hidden_states)
+                                                 output_hidden_states, layout=layout)
         pooled = self.pooler(layout.first_tokens(hidden)) if self.pooler is not None else None
         if return_packed:
             return self._packed_output(hidden, pooled, all_hidden, layout, attention_mask)
-        return BertModelOutput(
-            last_hidden_state=layout.unpack(hidden),
-            pooler_output=pooled,
-            hidden_states=tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None,
-        )
+        return BertModelOutput(last_hidden_state=layout.unpack(hidden), pooler_output=pooled,
+                               hidden_states=layout.unpack_all(all_hidden))
 
     def _packed_output(self, hidden, pooled, all_hidden, layout, attention_mask) -> BertModelOutput:
-        # The reference path runs padded: pack its outputs the same way the fused path does.
         batch_size, seq_len = layout.batch_size, layout.seq_len
-        packing = ops_lib.packed_layout(attention_mask, batch_size, seq_len, hidden.device)
-        repack = (lambda h: packing.pack(layout.unpack(h))) if not isinstance(layout, ops_lib.PackedLayout) \
-            else (lambda h: h)
+        if isinstance(layout, ops_lib.StaticLayout):
+            raise InputError("return_packed=True: a bucket's layout is packed already (its scatter_index says where)")
+        if isinstance(layout, ops_lib.PackedLayout):  # the fused path: already packed, its indices known
+            packing, repack = layout, (lambda h: h)
+        else:  # the reference path runs padded: pack its outputs the same way the fused path does
+            packing = ops_lib.packed_layout(attention_mask, batch_size, seq_len, hidden.device)
+            repack = (lambda h: packing.pack(layout.unpack(h)))
         indices = packing.indices
         if indices is None:
             indices = torch.arange(batch_size * seq_len, device=hidden.device)
@@ -352,7 +365,7 @@ class BertModel(BertPreTrainedModel):
             self.config, self.embeddings.word_embeddings.weight.device, input_ids, cu_seqlens, max_seqlen,
             token_type_ids, position_ids,
         )
-        ops = self._ops(input_ids.device)
+        ops = self.implementation(input_ids.device, static=True)
         layout = ops_lib.PrepackedLayout(cu_seqlens, max_seqlen)
         hidden, all_hidden = self._encode_layout(input_ids, token_type_ids, position_ids, layout, ops,
                                                  output_hidden_states)
@@ -361,18 +374,25 @@ class BertModel(BertPreTrainedModel):
                                hidden_states=tuple(all_hidden) if all_hidden else None, cu_seqlens=cu_seqlens)
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               output_hidden_states=False):
+               output_hidden_states=False, layout: ops_lib.StaticLayout | None = None):
         """Embeddings and encoder in the implementation's own layout: (hidden, layout, all hidden states).
 
         Heads that need only some positions (the MLM head at masked tokens, [CLS] for NSP) take these
-        and pick their positions through the layout, without scattering the whole batch back.
+        and pick their positions through the layout, without scattering the whole batch back. With a bucket's
+        `layout`, input_ids, token_type_ids and position_ids are packed (tokens,) tensors laid out by it, checked
+        on the host when the batch was packed.
         """
+        if layout is not None:
+            ops = self.implementation(input_ids.device, static=True)
+            hidden, all_hidden = self._encode_layout(input_ids, token_type_ids, position_ids, layout, ops,
+                                                     output_hidden_states)
+            return hidden, layout, all_hidden
         input_ids, attention_mask, token_type_ids, position_ids = check_inputs(
             self.config, self.embeddings.word_embeddings.weight.device, input_ids, attention_mask, token_type_ids,
             position_ids,
         )
         batch_size, seq_len = input_ids.shape
-        ops = self._ops(input_ids.device)
+        ops = self.implementation(input_ids.device)
         layout = ops.layout(attention_mask, batch_size, seq_len, input_ids.device)
         hidden, all_hidden = self._encode_layout(layout.pack(input_ids), layout.pack(token_type_ids),
                                                  layout.pack(position_ids), layout, ops, output_hidden_states)
@@ -445,10 +465,8 @@ class BertMLMLoss(nn.Module):
         self.fused = fused
 
     def forward(self, head: BertLMPredictionHead, hidden, labels, layout, ops):
-        labels = layout.pack(labels)
-        selected = labels != -100  # (batch, seq) padded or (tokens,) packed: row-major order either way
-        transformed = head.transform(hidden[selected], ops)
-        targets = labels[selected]
+        chosen, targets = layout.labelled(hidden, labels)  # (labelled, hidden), (labelled,)
+        transformed = head.transform(chosen, ops)
         if self.fused and torch.is_grad_enabled():  # evaluation (no grad) has no gradient to save memory on
             from bert_fast_kernels import linear_cross_entropy
 
@@ -460,10 +478,6 @@ class BertMLMLoss(nn.Module):
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over positions with a label (-100 elsewhere), in float32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-
-
-def _stack_hidden(layout, all_hidden):
-    return tuple(layout.unpack(h) for h in all_hidden) if all_hidden else None
 
 
 class BertForPreTraining(BertPreTrainedModel):
@@ -491,10 +505,10 @@ class BertForPreTraining(BertPreTrainedModel):
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                next_sentence_label=None, output_hidden_states: bool = False) -> PreTrainingOutput:
+                next_sentence_label=None, output_hidden_states: bool = False, layout=None) -> PreTrainingOutput:
         hidden, layout, all_hidden = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                      output_hidden_states)
-        ops = self.bert._ops(hidden.device)
+                                                      output_hidden_states, layout=layout)
+        ops = self.bert.implementation(hidden.device, static=isinstance(layout, ops_lib.StaticLayout))
         nsp_logits = self.cls.seq_relationship(self.bert.pooler(layout.first_tokens(hidden)))
         if labels is None:
             mlm_loss, mlm_logits = None, layout.unpack(self.cls.predictions(hidden, ops))
@@ -502,13 +516,13 @@ class BertForPreTraining(BertPreTrainedModel):
             mlm_loss, mlm_logits = self.masked_lm(self.cls.predictions, hidden, labels, layout, ops)
         nsp_loss = None
         if next_sentence_label is not None:
-            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1), ignore_index=-100)
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
         return PreTrainingOutput(
             loss=sum(losses) if losses else None,
             prediction_logits=mlm_logits,
             seq_relationship_logits=nsp_logits,
-            hidden_states=_stack_hidden(layout, all_hidden),
+            hidden_states=layout.unpack_all(all_hidden),
             mlm_loss=mlm_loss,
             nsp_loss=nsp_loss,
         )
@@ -538,13 +552,13 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.cls.predictions.decoder.weight = self.base_model.embeddings.word_embeddings.weight
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states: bool = False) -> MaskedLMOutput:
+                output_hidden_states: bool = False, layout=None) -> MaskedLMOutput:
         encoder = self.base_model
         hidden, layout, all_hidden = encoder.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                                    output_hidden_states)
-        ops = encoder._ops(hidden.device)
+                                                    output_hidden_states, layout=layout)
+        ops = encoder.implementation(hidden.device, static=isinstance(layout, ops_lib.StaticLayout))
         if labels is None:
             loss, logits = None, layout.unpack(self.cls(hidden, ops))
         else:
             loss, logits = self.masked_lm(self.cls.predictions, hidden, labels, layout, ops)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=_stack_hidden(layout, all_hidden))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=layout.unpack_all(all_hidden))

@@ -5,10 +5,11 @@ bundles the functions of one implementation and how it lays a batch out:
 
 - "reference": kernels' plain PyTorch references on the padded (batch, seq, hidden) batch with a key mask,
   which is exactly Hugging Face's computation;
-- "triton": our fused kernels on the packed (tokens, hidden) tensor of real tokens only. Where a kernel is
-  not available (an older bert_fast_kernels), that step falls back to its reference and says so once.
+- "triton": our fused kernels on the packed (tokens, hidden) tensor of real tokens only; each encoder layer one
+  autograd node in eager mode (fused_layer.py), step by step (custom ops) where torch.compile traces.
 
-"auto" resolves per forward from the input's device: triton on CUDA, reference elsewhere.
+"auto" resolves per forward: triton on CUDA for models of hidden size 768 and more (and for static batches),
+reference elsewhere (AUTO_FUSED_MIN_HIDDEN says why).
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ def check_impl(impl: str) -> str:
 # --- batch layouts ---------------------------------------------------------------------------------------
 
 
+def _labelled(layout, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows of x where a label is, those labels): labels (batch, seq) with -100 where none, in row-major order. The
+    number of rows depends on the labels (a host sync); static layouts keep a fixed number instead."""
+    labels = layout.pack(labels)
+    selected = labels != -100  # (batch, seq) padded or (tokens,) packed: row-major order either way
+    return x[selected], labels[selected]
+
+
+def _unpack_all(layout, states):
+    """Every layer's hidden states as (batch, seq, hidden), or None when they were not kept."""
+    return tuple(layout.unpack(h) for h in states) if states else None
+
+
 @dataclass
 class PaddedLayout:
     """Hidden states as (batch, seq, hidden); attention masks padded keys. Hugging Face's layout."""
@@ -59,6 +73,12 @@ class PaddedLayout:
 
     def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]  # (batch, hidden): the [CLS] position
+
+    def labelled(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _labelled(self, x, labels)
+
+    def unpack_all(self, states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+        return _unpack_all(self, states)
 
     def attention(self, ops: Ops, qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         q, k, v = qkv.unbind(dim=-3)  # each (batch, seq, heads, head_dim)
@@ -94,6 +114,12 @@ class PackedLayout:
         starts = self.cu_seqlens[:-1].long().clamp(max=max(x.shape[0] - 1, 0))
         return x.index_select(0, starts)
 
+    def labelled(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _labelled(self, x, labels)
+
+    def unpack_all(self, states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+        return _unpack_all(self, states)
+
     def attention(self, ops: Ops, qkv: torch.Tensor, dropout_p: float, softmax_scale: float | None):
         # qkv: (tokens, 3, heads, head_dim)
         return ops.varlen_attention_qkvpacked(
@@ -116,8 +142,7 @@ def packed_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len:
         cu_seqlens = torch.arange(0, (batch_size + 1) * seq_len, seq_len, dtype=torch.int32, device=device)
         return PackedLayout(None, cu_seqlens, seq_len, batch_size, seq_len)
     mask = attention_mask.bool()
-    lengths = mask.sum(dim=1, dtype=torch.int32)
-    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens = K.cu_seqlens_from_mask(mask)
     indices = mask.flatten().nonzero().flatten()
     return PackedLayout(indices, cu_seqlens, seq_len, batch_size, seq_len)
 
@@ -135,6 +160,37 @@ class PrepackedLayout(PackedLayout):
         return x
 
 
+@dataclass
+class StaticLayout(PackedLayout):
+    """A bucket's packed layout (bert_fast.buckets): every shape is the bucket's, none depends on the batch, and no
+    value is read on the host, so a forward on it traces as one graph and can be captured as a CUDA graph.
+
+    Tokens (bucket tokens,): the real ones sequence after sequence, then filler sequences of [PAD] tokens that no
+    real token attends to. Inputs arrive packed; outputs unpack to (batch, seq) = the bucket's (slots, width).
+    """
+
+    scatter_index: torch.Tensor | None = None  # (tokens,) int64 flat position in (batch * seq); batch * seq: filler
+    starts: torch.Tensor | None = None  # (batch,) int64: each sequence's first packed token
+    labelled_positions: torch.Tensor | None = None  # (budget,) int64 packed tokens with an MLM label (0: filler)
+    choices: int = 1  # sequences per example (multiple choice)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (batch, seq, ...), zeros at padding; filler lands in one extra row, dropped."""
+        rows = self.batch_size * self.seq_len
+        out = x.new_zeros(rows + 1, *x.shape[1:]).index_copy(0, self.scatter_index, x)
+        return out[:rows].view(self.batch_size, self.seq_len, *x.shape[1:])
+
+    def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, self.starts)
+
+    def labelled(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """labels: (budget,) aligned with labelled_positions, -100 in the unused tail."""
+        return x.index_select(0, self.labelled_positions), labels
+
+
 # --- implementations -------------------------------------------------------------------------------------
 
 
@@ -148,15 +204,21 @@ def _qkvpacked(attention: Callable) -> Callable:
     return call
 
 
+def layer_by_steps(layer, hidden, layout, ops):
+    """An encoder layer as its modules compute it, one step after another."""
+    return layer.forward_steps(hidden, layout, ops)
+
+
 @dataclass(frozen=True)
 class Ops:
     name: str
     bias_gelu: Callable  # (x, bias, approximate) -> gelu(x + bias)
     linear_gelu: Callable  # (x, weight, bias, approximate) -> gelu(x @ weight.T + bias): the FFN up-projection
     add_layer_norm: Callable  # (x, residual, weight, bias, eps, x_bias=, dropout_p=, return_residual=) -> y
-    padded_attention: Callable  # (q, k, v, key_padding_mask, dropout_p=, softmax_scale=) -> out
+    padded_attention: Callable | None  # (q, k, v, key_padding_mask, dropout_p=, softmax_scale=) -> out; padded only
     varlen_attention_qkvpacked: Callable  # (qkv, cu_seqlens, max_seqlen, dropout_p=, softmax_scale=) -> out
     packed: bool  # run the encoder on packed real tokens
+    encoder_layer: Callable = layer_by_steps  # (layer, hidden, layout, ops) -> the layer's output
 
     def layout(self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device) -> object:
         if self.packed:
@@ -189,14 +251,6 @@ REFERENCE = Ops(
 )
 
 
-def _kernel_or_reference(name: str, reference: Callable, missing: list[str], **fixed) -> Callable:
-    kernel = getattr(K, name, None)
-    if kernel is None:
-        missing.append(name)
-        return reference
-    return functools.partial(kernel, **fixed) if fixed else kernel
-
-
 # The FFN up-projection (and the MLM head's transform) as one Triton GEMM with bias + GELU in its epilogue
 # (bert_fast_kernels.linear_gelu) rather than cuBLAS and then the bias_gelu kernel. It saves a round trip of the
 # (tokens, 4 hidden) activation, but only pays if the Triton GEMM keeps up with cuBLAS at BERT's shapes, which
@@ -224,6 +278,31 @@ def _setting_from_environment() -> bool | str:
 _fused_linear_gelu = _setting_from_environment()
 
 
+def fused_linear_gelu_enabled() -> bool:
+    return bool(_fused_linear_gelu)
+
+
+# The encoder layer as one autograd node (fused_layer.py) has not run on a GPU yet: until its GPU tests pass there it
+# is off on CUDA, where the fused path runs the layer step by step (custom ops, each its own autograd node), and on
+# under Triton's interpreter, where the CPU tests run it. BERT_FAST_FUSED_LAYER=1 or 0, or set_fused_layer(),
+# chooses either way.
+_fused_layer: bool | None = {"1": True, "0": False}.get(os.environ.get("BERT_FAST_FUSED_LAYER", ""))
+
+
+def set_fused_layer(enabled: bool | None) -> bool | None:
+    """Run each encoder layer of the fused path as one autograd node (True), step by step (False), or by the
+    default (None: one node only under the interpreter). Returns the previous setting."""
+    global _fused_layer
+    previous, _fused_layer = _fused_layer, enabled
+    return previous
+
+
+def fused_layer_enabled() -> bool:
+    from bert_fast_kernels._common import interpreting
+
+    return interpreting() if _fused_layer is None else _fused_layer
+
+
 def set_fused_linear_gelu(setting: bool | str) -> bool | str:
     """Run impl="triton"'s FFN up-projection as one fused Triton GEMM, or as cuBLAS + bias_gelu (False).
 
@@ -244,14 +323,12 @@ def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _linear_gelu_by_setting(split: Callable) -> Callable:
-    """The split form, or the fused GEMM when the setting asks for it (and this bert_fast_kernels has it)."""
+    """The split form, or the fused GEMM when the setting asks for it."""
     from bert_fast_kernels._common import interpreting
 
-    fused = getattr(K, "linear_gelu", None)
-
     def call(x, weight, bias, approximate):
-        if _fused_linear_gelu and fused is not None and (_gemm_dtype(x) != torch.float32 or interpreting()):
-            return fused(x, weight, bias, approximate, variant=_fused_linear_gelu)
+        if _fused_linear_gelu and (_gemm_dtype(x) != torch.float32 or interpreting()):
+            return K.linear_gelu(x, weight, bias, approximate, variant=_fused_linear_gelu)
         return split(x, weight, bias, approximate)
 
     return call
@@ -275,26 +352,22 @@ def _attention_for_head_dims(kernel: Callable, reference: Callable) -> Callable:
 
 
 def _build_triton_ops() -> Ops:
-    missing: list[str] = []
-    bias_gelu = _kernel_or_reference("bias_gelu", REFERENCE.bias_gelu, missing)
-    ops = Ops(
+    from .fused_layer import fused_encoder_layer
+
+    return Ops(
         name="triton",
-        bias_gelu=bias_gelu,
-        linear_gelu=_linear_gelu_by_setting(_split_linear_gelu(bias_gelu)),
-        add_layer_norm=_kernel_or_reference("add_layer_norm", REFERENCE.add_layer_norm, missing),
-        padded_attention=_kernel_or_reference("padded_attention", REFERENCE.padded_attention, missing),
+        bias_gelu=K.bias_gelu,
+        linear_gelu=_linear_gelu_by_setting(_split_linear_gelu(K.bias_gelu)),
+        add_layer_norm=K.add_layer_norm,
+        padded_attention=None,  # the fused path always packs
         # The layouts build cu_seqlens themselves (forward_packed validates what callers pass), so the per-call
         # check, a device sync in every layer, is skipped.
         varlen_attention_qkvpacked=_attention_for_head_dims(
-            _kernel_or_reference("varlen_attention_qkvpacked", REFERENCE.varlen_attention_qkvpacked, missing,
-                                 validate=False),
-            REFERENCE.varlen_attention_qkvpacked,
+            functools.partial(K.varlen_attention_qkvpacked, validate=False), REFERENCE.varlen_attention_qkvpacked
         ),
         packed=True,
+        encoder_layer=fused_encoder_layer(layer_by_steps),
     )
-    if missing and not torch.compiler.is_compiling():
-        logger.warning("bert_fast: impl='triton' runs the PyTorch reference for %s (no kernel yet)", ", ".join(missing))
-    return ops
 
 
 _TRITON: Ops | None = None
@@ -309,13 +382,28 @@ def triton_ops() -> Ops:
 
 def kernels_usable(device: torch.device) -> bool:
     """Triton kernels run on CUDA, or on the CPU only under Triton's interpreter."""
-    from bert_fast_kernels._common import interpreting
+    from bert_fast_kernels._common import interpreter_requested
 
-    return device.type == "cuda" or interpreting()
+    return device.type == "cuda" or interpreter_requested()
 
 
-def resolve(impl: str, device: torch.device) -> Ops:
-    """The Ops for an impl setting and the device the batch lives on."""
+# impl="auto" on CUDA: the fused path where it was measured faster than the plain PyTorch one, the reference path
+# where it was measured slower (small models at small batches, bound by the host; bench/NOTES.md §10 has the rows
+# and the stage that re-measures them). Static batches (buckets, captured graphs) always take the fused path: the
+# reference's attention reads sequence lengths on the host, which a graph cannot hold.
+AUTO_FUSED_MIN_HIDDEN = 768
+
+
+def auto_uses_fused(device: torch.device, hidden_size: int | None = None, static: bool = False) -> bool:
+    """The rule impl="auto" follows (see AUTO_FUSED_MIN_HIDDEN)."""
+    if device.type != "cuda":
+        return False
+    return static or hidden_size is None or hidden_size >= AUTO_FUSED_MIN_HIDDEN
+
+
+def resolve(impl: str, device: torch.device, hidden_size: int | None = None, static: bool = False) -> Ops:
+    """The Ops for an impl setting, the device the batch lives on and, for impl="auto", the model's hidden size and
+    whether the batch is a static one (a bucket's)."""
     if impl == "reference":
         return REFERENCE
     if impl == "triton":
@@ -325,4 +413,4 @@ def resolve(impl: str, device: torch.device) -> Ops:
                 "the CPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter"
             )
         return triton_ops()
-    return triton_ops() if device.type == "cuda" else REFERENCE
+    return triton_ops() if auto_uses_fused(device, hidden_size, static) else REFERENCE

@@ -76,7 +76,7 @@ def encode_packed_rows(bert, input_ids: torch.Tensor, token_type_ids: torch.Tens
     flat_ids, cu_seqlens, flat_types, flat_positions = check_packed_inputs(
         bert.config, device, input_ids.reshape(-1), cu_seqlens, row_len, token_type_ids.reshape(-1),
         position_ids.reshape(-1))
-    ops = bert._ops(device)
+    ops = bert.implementation(device)
     layout = packed_rows_layout(ops, cu_seqlens, rows, row_len)
     shape = (-1,) if ops.packed else (rows, row_len)
     hidden, _ = bert._encode_layout(flat_ids.view(shape), flat_types.view(shape), flat_positions.view(shape), layout,

@@ -35,6 +35,7 @@ from .packed import flattened_sequences
 logger = logging.getLogger("bert_fast")
 
 _SHADOW = "_bert_fast_shadow"
+_GRAPHS = "_bert_fast_graphs"  # a GraphedEncoder around the shadow, for patch(..., graphs=True)
 # Keyword arguments the fused forward understands; anything else sends the call to transformers' forward.
 _SERVED = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "output_hidden_states", "return_dict",
            "inputs_embeds", "head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
@@ -52,10 +53,14 @@ class ConcatQKV(nn.Module):
         super().__init__()
         self.query, self.key, self.value = query, key, value
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def fused_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (3H, H) weight and (3H,) bias, concatenated per call (the fused encoder layer takes them)."""
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        return F.linear(x, weight, bias)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *self.fused_weight_and_bias())
 
 
 # transformers' encoder classes we serve, by family.
@@ -215,8 +220,14 @@ def _fused_forward(hf_bert, original_forward):
         want_hidden = call.get("output_hidden_states")
         if want_hidden is None:
             want_hidden = getattr(hf_bert.config, "output_hidden_states", False)
-        out = shadow(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=bool(want_hidden),
-                     **_flattened_arguments(call))
+        flattened = _flattened_arguments(call)
+        graphs = hf_bert.__dict__.get(_GRAPHS)
+        if (graphs is not None and not flattened and not want_hidden and not hf_bert.training
+                and not torch.is_grad_enabled()):
+            out = graphs(input_ids, attention_mask, token_type_ids, position_ids)
+        else:
+            out = shadow(input_ids, attention_mask, token_type_ids, position_ids,
+                         output_hidden_states=bool(want_hidden), **flattened)
         if shadow.config.family.pooler:
             result = BaseModelOutputWithPoolingAndCrossAttentions(
                 last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output,
@@ -231,9 +242,13 @@ def _fused_forward(hf_bert, original_forward):
     return forward
 
 
-def patch(model: nn.Module, impl: str = "auto") -> nn.Module:
+def patch(model: nn.Module, impl: str = "auto", graphs: bool = False) -> nn.Module:
     """Make every transformers BERT-family encoder inside `model` run bert_fast's encoder, in place. Returns
-    `model`."""
+    `model`.
+
+    graphs=True (CUDA) serves inference calls (eval mode, no gradient, no hidden states asked for) through captured
+    CUDA graphs, one per shape bucket (bert_fast.inference.GraphedEncoder); pass the inputs on the host (a
+    tokenizer's tensors) to spare a device sync."""
     hf_classes = _transformers_encoder_classes()
     patched = 0
     for module in model.modules():
@@ -249,11 +264,15 @@ def patch(model: nn.Module, impl: str = "auto") -> nn.Module:
             logger.warning("bert_fast.patch: left a %s unpatched: %s", type(module).__name__, e)
             continue
         module.__dict__[_SHADOW] = shadow  # not a registered submodule: its parameters are the model's own
+        if graphs:
+            from .inference import GraphedEncoder
+
+            module.__dict__[_GRAPHS] = GraphedEncoder(shadow, eval_model=False)
         module.forward = _fused_forward(module, type(module).forward.__get__(module))
         patched += 1
     if patched == 0:
         served = ", ".join(_ENCODER_CLASSES.values())
-        raise ValueError(f"bert_fast.patch: found no patchable transformers encoder ({served}) in "
+        raise ConfigError(f"bert_fast.patch: found no patchable transformers encoder ({served}) in "
                          f"{type(model).__name__}")
     logger.info("bert_fast.patch: %d encoder(s) now run bert_fast (impl=%r)", patched, impl)
     return model
@@ -264,6 +283,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if _SHADOW in module.__dict__:
             del module.__dict__[_SHADOW]
+            module.__dict__.pop(_GRAPHS, None)
             del module.__dict__["forward"]
     return model
 

@@ -54,6 +54,7 @@ else:
     )
     from .varlen_attention import (
         check_cu_seqlens,
+        cu_seqlens_from_mask,
         padded_attention,
         padded_dropout_mask,
         varlen_attention,
@@ -69,6 +70,7 @@ else:
         "bias_gelu",
         "bias_gelu_ref",
         "check_cu_seqlens",
+        "cu_seqlens_from_mask",
         "linear_cross_entropy",
         "linear_cross_entropy_ref",
         "linear_gelu",

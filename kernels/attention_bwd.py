@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune, cdiv, dot_precision, interpreting, launch_kwargs
+from ._common import autotune, cdiv, dot_precision, interpreting, launch_kwargs, seed_arguments
 from ._launch import launch
 from .attention_fwd import (
     _NO_SPECIALIZE,
@@ -43,6 +43,7 @@ from .attention_fwd import (
     config_group_fp32,
     dropout_threshold,
     seq_bucket,
+    tiles_within_sequences,
     unit_last_stride,
     use_autotune,
 )
@@ -164,13 +165,15 @@ def _bwd_kernel(
     Lse, Delta,  # (heads, tokens) fp32: forward logsumexp (natural log), rowsum(dO * O)
     cu_seqlens,  # (batch + 1,) int32
     softmax_scale, qk_scale, dropout_scale, dropout_threshold, seed,
+    SEED,  # (1,) int64 seed, read instead of `seed` when SEED_IN_MEMORY
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_dq_acc_t, stride_dq_acc_h,
     total_tokens, heads, max_seqlen,
     seq_bucket,  # autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
     BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, SEED_IN_MEMORY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
     tl.static_assert(BLOCK_N1 == BLOCK_M2)  # program i owns key block i and query block i
     n_blocks = tl.cdiv(max_seqlen, BLOCK_N1)
@@ -183,6 +186,8 @@ def _bwd_kernel(
     seq_len = tl.load(cu_seqlens + b + 1) - seq_start
     if start >= seq_len:
         return
+    if SEED_IN_MEMORY:  # only with dropout
+        seed = tl.load(SEED)
     seq_start = seq_start.to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     q_base = Q + seq_start * stride_qt + h * stride_qh
@@ -283,20 +288,13 @@ def _bwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None,
         if key not in _bwd_tuned:
             # the atomic variant adds into DQ_ACC: each timed trial must start from zeros
             _bwd_tuned[key] = autotune(
-                BWD_CONFIGS[key[0]], AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None
+                BWD_CONFIGS[key[0]], AUTOTUNE_KEY, reset_to_zero=["DQ_ACC"] if atomic_dq else None,
+                prune=tiles_within_sequences(("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")),
             )(_bwd_kernel)
         return _bwd_tuned[key], {}
     if interpreting():  # BLOCK_M1 != BLOCK_N1 on purpose: the CPU tests cover the mixed-size tiling too
         return _bwd_kernel, {"BLOCK_M1": 64, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 64}
     return _bwd_kernel, launch_kwargs(BWD_FP32_CONFIGS[config_group_fp32(head_dim)])
-
-
-def _grad_buffer(name: str, like: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
-    if given is None:
-        return torch.empty_like(like, memory_format=torch.contiguous_format)
-    if given.shape != like.shape or given.dtype != like.dtype or given.stride(-1) != 1:
-        raise ValueError(f"varlen_attention_bwd: {name} must match q in shape and dtype, with unit last stride")
-    return given
 
 
 def varlen_attention_bwd(
@@ -310,7 +308,7 @@ def varlen_attention_bwd(
     max_seqlen: int,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
-    seed: int = 0,
+    seed: int | torch.Tensor = 0,
     dq: torch.Tensor | None = None,
     dk: torch.Tensor | None = None,
     dv: torch.Tensor | None = None,
@@ -325,17 +323,33 @@ def varlen_attention_bwd(
     fp32 buffer and a conversion); the order of the additions varies, so dq may differ between runs in the last
     bits.
     """
-    head_dim = q.shape[-1]
-    softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     check_attention_inputs("varlen_attention_bwd", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     if dout.shape != q.shape or out.shape != q.shape or dout.dtype != q.dtype or out.dtype != q.dtype:
         raise ValueError("varlen_attention_bwd: dout and out must match q in shape and dtype")
     total, heads, _ = q.shape
     if lse.shape != (heads, total) or lse.dtype != torch.float32:
         raise ValueError(f"varlen_attention_bwd: lse must be float32 of shape {(heads, total)}")
+    for name, given in (("dq", dq), ("dk", dk), ("dv", dv)):
+        if given is not None and (given.shape != q.shape or given.dtype != q.dtype or given.stride(-1) != 1):
+            raise ValueError(f"varlen_attention_bwd: {name} must match q in shape and dtype, with unit last stride")
+    seed, seed_tensor = seed_arguments(seed, q.device) if dropout_p > 0.0 else (0, None)
+    return attention_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
+                         seed_tensor, dq, dk, dv, config, deterministic)
+
+
+def _grad_buffer(like: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device) if given is None else given
+
+
+def attention_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor,
+                  dq=None, dk=None, dv=None, config=None, deterministic=True):  # fmt: skip
+    """The backward launches on validated inputs (varlen_attention_bwd's checks done by the caller)."""
+    head_dim = q.shape[-1]
+    total, heads, _ = q.shape
     q, k, v, dout, out = (unit_last_stride(t) for t in (q, k, v, dout, out))
-    dq, dk, dv = _grad_buffer("dq", q, dq), _grad_buffer("dk", k, dk), _grad_buffer("dv", v, dv)
-    batch = cu_seqlens.numel() - 1
+    dq, dk, dv = _grad_buffer(q, dq), _grad_buffer(k, dk), _grad_buffer(v, dv)
+    batch = cu_seqlens.shape[0] - 1
     if total == 0 or max_seqlen == 0:
         return dq, dk, dv
 
@@ -358,12 +372,12 @@ def varlen_attention_bwd(
         kernel, grid,
         q, k, v, dout, dq, dk, dv, dq_acc, lse, delta, cu_seqlens,
         softmax_scale, softmax_scale * 1.4426950408889634, 1.0 / (1.0 - dropout_p), dropout_threshold(dropout_p),
-        seed,
+        seed, seed_tensor,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0), dout.stride(1),
         dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         dq_acc.stride(0), dq_acc.stride(1), total, heads, max_seqlen, seq_bucket(max_seqlen),
-        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), ATOMIC_DQ=atomic_dq,
-        **fixed,
+        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, SEED_IN_MEMORY=seed_tensor is not None,
+        DOT_PRECISION=dot_precision(q.dtype), ATOMIC_DQ=atomic_dq, **fixed,
     )  # fmt: skip
     if atomic_dq:
         dq.copy_(dq_acc)

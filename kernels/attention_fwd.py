@@ -38,6 +38,7 @@ from ._common import (
     interpreting,
     launch_kwargs,
     next_power_of_2,
+    seed_arguments,
 )
 from ._launch import launch
 
@@ -118,11 +119,12 @@ def _fwd_kernel(
     dropout_scale,  # 1 / (1 - p)
     dropout_threshold,  # keep iff 16-bit uniform >= threshold
     seed,
+    SEED,  # (1,) int64 seed, read instead of `seed` when SEED_IN_MEMORY
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     total_tokens, heads, max_seqlen,
     seq_bucket,  # autotune key only: next power of two of max_seqlen
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, SEED_IN_MEMORY: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Query blocks vary fastest in the 1-D grid: the programs of one (sequence, head) run side by side and share
     # its K / V through L2. A flat grid also lifts CUDA's 65535 limit on batch * heads.
@@ -136,6 +138,8 @@ def _fwd_kernel(
     seq_len = tl.load(cu_seqlens + b + 1) - seq_start
     if start_m >= seq_len:  # a short sequence in a batch launched for max_seqlen (or an empty one)
         return
+    if SEED_IN_MEMORY:  # only with dropout
+        seed = tl.load(SEED)
     seq_start = seq_start.to(tl.int64)
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -172,10 +176,12 @@ def _fwd_kernel(
 @triton.jit(do_not_specialize=["seed", "dropout_threshold", "max_seqlen"])
 def _dropout_mask_kernel(
     Mask,  # (batch, heads, max_seqlen, max_seqlen) int8, zero-filled
-    cu_seqlens, seed, dropout_threshold, heads, max_seqlen,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    cu_seqlens, seed, SEED, dropout_threshold, heads, max_seqlen,
+    SEED_IN_MEMORY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Writes the keep-mask the attention kernels draw: block [b, h, :L, :L] for sequence b of length L."""
+    if SEED_IN_MEMORY:
+        seed = tl.load(SEED)
     bh = tl.program_id(0)
     start_m = tl.program_id(1) * BLOCK_M
     start_n = tl.program_id(2) * BLOCK_N
@@ -216,6 +222,19 @@ def seq_bucket(max_seqlen: int) -> int:
     return max(64, next_power_of_2(max(int(max_seqlen), 1)))
 
 
+def tiles_within_sequences(block_names: tuple[str, ...]):
+    """An autotune pruning rule: keep the configs whose tiles (the named block sizes) fit the key's sequence bucket,
+    the smallest config when none does. A tile longer than every sequence computes masked rows and columns only, so
+    at short lengths (fine-tuning's 64 tokens) the shape decides and nothing is compiled or timed for the rest."""
+
+    def prune(configs, named_args):
+        bucket = named_args["seq_bucket"]
+        fitting = [c for c in configs if all(c.kwargs[name] <= bucket for name in block_names)]
+        return fitting or [min(configs, key=lambda c: max(c.kwargs[name] for name in block_names))]
+
+    return prune
+
+
 # fp32 ("ieee" dots run on CUDA cores, operands held in registers): one fixed config per head-dim group, the
 # largest tile that compiles for sm_90a without spilling (bench/compile_sm90.py, triton 3.6 and 3.9: a 64 x 32
 # tile at 4 warps spills 1.3 KiB a thread at head_dim 64 and 29 KiB at 128).
@@ -245,7 +264,8 @@ def _fwd_launch(head_dim: int, dtype: torch.dtype, config: triton.Config | None)
     if use_autotune(dtype):
         group = config_group(head_dim)
         if group not in _fwd_tuned:
-            _fwd_tuned[group] = autotune(FWD_CONFIGS[group], AUTOTUNE_KEY)(_fwd_kernel)
+            _fwd_tuned[group] = autotune(FWD_CONFIGS[group], AUTOTUNE_KEY,
+                                         prune=tiles_within_sequences(("BLOCK_M", "BLOCK_N")))(_fwd_kernel)
         return _fwd_tuned[group], {}
     if interpreting():  # few, large blocks: the interpreter pays per operation, not per element
         return _fwd_kernel, {"BLOCK_M": 128, "BLOCK_N": 64}
@@ -296,27 +316,35 @@ def varlen_attention_fwd(
     max_seqlen: int,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
-    seed: int = 0,
+    seed: int | torch.Tensor = 0,
     out: torch.Tensor | None = None,
     config: triton.Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher (no autograd): returns out (tokens, heads, head_dim) in q's dtype and lse (heads, tokens) fp32.
 
     cu_seqlens must be valid (0 first, non-decreasing, total_tokens last, lengths <= max_seqlen): see
-    check_cu_seqlens. `out`, if given, is written in place (any token / head strides, unit last stride).
-    `config` pins a launch config (BLOCK_M, BLOCK_N) instead of the default choice.
+    check_cu_seqlens. `seed` is an int or an int64 tensor on q's device (its first element). `out`, if given, is
+    written in place (any token / head strides, unit last stride). `config` pins a launch config (BLOCK_M,
+    BLOCK_N) instead of the default choice.
     """
-    head_dim = q.shape[-1]
-    softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     check_attention_inputs("varlen_attention_fwd", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1):
+        raise ValueError("varlen_attention_fwd: out must match q in shape and dtype, with unit last stride")
+    seed, seed_tensor = seed_arguments(seed, q.device) if dropout_p > 0.0 else (0, None)
+    return attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, out, config)
+
+
+def attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, out=None,
+                  config=None):  # fmt: skip
+    """The forward launch on validated inputs (varlen_attention_fwd's checks done by the caller)."""
+    head_dim = q.shape[-1]
     q, k, v = unit_last_stride(q), unit_last_stride(k), unit_last_stride(v)
     total, heads, _ = q.shape
     if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError("varlen_attention_fwd: out must match q in shape and dtype, with unit last stride")
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
-    batch = cu_seqlens.numel() - 1
+    batch = cu_seqlens.shape[0] - 1
     if total == 0 or max_seqlen == 0:
         return out, lse
     kernel, fixed = _fwd_launch(head_dim, q.dtype, config)
@@ -327,18 +355,19 @@ def varlen_attention_fwd(
     launch(
         kernel, grid,
         q, k, v, out, lse, cu_seqlens,
-        softmax_scale * 1.4426950408889634, 1.0 / (1.0 - dropout_p), dropout_threshold(dropout_p), seed,
+        softmax_scale * 1.4426950408889634, 1.0 / (1.0 - dropout_p), dropout_threshold(dropout_p), seed, seed_tensor,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         total, heads, max_seqlen, seq_bucket(max_seqlen),
-        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, DOT_PRECISION=dot_precision(q.dtype), **fixed,
+        HEAD_DIM=head_dim, HAS_DROPOUT=dropout_p > 0.0, SEED_IN_MEMORY=seed_tensor is not None,
+        DOT_PRECISION=dot_precision(q.dtype), **fixed,
     )  # fmt: skip
     return out, lse
 
 
 def varlen_dropout_mask(
-    seed: int, cu_seqlens: torch.Tensor, heads: int, max_seqlen: int, dropout_p: float
+    seed: int | torch.Tensor, cu_seqlens: torch.Tensor, heads: int, max_seqlen: int, dropout_p: float
 ) -> torch.Tensor:
-    """The keep-mask the kernels draw for `seed`: bool (batch, heads, max_seqlen, max_seqlen), block [b, :, :L, :L]
+    """The keep-mask the kernels draw for `seed` (an int, or an int64 tensor whose first element is the seed): bool (batch, heads, max_seqlen, max_seqlen), block [b, :, :L, :L]
     for sequence b of length L (False outside), as varlen_attention_ref's dropout_mask takes it.
 
     Runs the kernels' own Philox helper, so it is exact: with it the reference reproduces the kernel's dropout.
@@ -353,10 +382,11 @@ def varlen_dropout_mask(
     mask = torch.zeros((batch, heads, max_seqlen, max_seqlen), dtype=torch.int8, device=cu_seqlens.device)
     if mask.numel() == 0:
         return mask.bool()
+    seed, seed_tensor = seed_arguments(seed, cu_seqlens.device)
     block = 128
     grid = (batch * heads, cdiv(max_seqlen, block), cdiv(max_seqlen, block))
     _dropout_mask_kernel[grid](
-        mask, cu_seqlens, seed, dropout_threshold(dropout_p), heads, max_seqlen,
-        BLOCK_M=block, BLOCK_N=block, num_warps=8,
+        mask, cu_seqlens, seed, seed_tensor, dropout_threshold(dropout_p), heads, max_seqlen,
+        SEED_IN_MEMORY=seed_tensor is not None, BLOCK_M=block, BLOCK_N=block, num_warps=8,
     )  # fmt: skip
     return mask.bool()

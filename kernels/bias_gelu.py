@@ -14,6 +14,8 @@ y and dx are stored in x's dtype, dbias in bias's dtype. Any leading shape, any 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -144,6 +146,7 @@ def _bias_gelu_bwd_kernel(
 # --------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def _config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps): tiles of ~4096 elements (8 KiB in bf16, 16 values a thread at 8 warps).
 
@@ -158,7 +161,8 @@ def _config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
     return bm, bn, warps_for(bm * bn)
 
 
-def _check(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> int:
+def check_inputs(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> int:
+    """Every check of a bias_gelu call (no device sync); returns the hidden size."""
     if approximate not in APPROXIMATIONS:
         raise ValueError(f"bias_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if x.dim() == 0:
@@ -175,40 +179,36 @@ def _check(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> int:
     return n_cols
 
 
-def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
-    n_cols = _check(x, bias, approximate)
+def _fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+    """Forward launch on validated inputs."""
+    n_cols = x.shape[-1]
     x2 = as_rows(x, n_cols)
-    bias = bias.contiguous() if bias is not None else None
+    bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     n_rows = x2.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if n_rows == 0:
         return y
     bm, bn, warps = _config(n_rows, n_cols)
-    grid = (cdiv(n_rows, bm), cdiv(n_cols, bn))
     launch(
-        _bias_gelu_fwd_kernel, grid,
+        _bias_gelu_fwd_kernel, (cdiv(n_rows, bm), cdiv(n_cols, bn)),
         x2, bias, y, n_rows, n_cols, x2.stride(0), n_cols,
         HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh", BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
     )  # fmt: skip
     return y
 
 
-def bias_gelu_bwd(
-    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none", need_dbias: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Returns (dx, dbias); dbias is None without a bias or when not needed."""
-    n_cols = _check(x, bias, approximate)
-    if dy.shape != x.shape:
-        raise ValueError(f"bias_gelu backward: dy has shape {tuple(dy.shape)}, x {tuple(x.shape)}")
+def _bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str, need_dbias: bool
+         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward launch on validated inputs: (dx, dbias); dbias is None without a bias or when not needed."""
+    n_cols = x.shape[-1]
     need_dbias = need_dbias and bias is not None
     dy2, x2 = as_rows(dy, n_cols), as_rows(x, n_cols)
-    bias = bias.contiguous() if bias is not None else None
+    bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     n_rows = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     bm, bn, warps = _config(n_rows, n_cols)
     n_col_blocks = cdiv(n_cols, bn)
-    n_tiles = cdiv(n_rows, bm)
-    programs = persistent_programs(x.device, n_tiles, warps, parallel=n_col_blocks) if n_rows else 0
+    programs = persistent_programs(x.device, cdiv(n_rows, bm), warps, parallel=n_col_blocks) if n_rows else 0
     part = torch.empty((programs if need_dbias else 0, n_cols), dtype=torch.float32, device=x.device)
     if programs:
         launch(
@@ -217,8 +217,25 @@ def bias_gelu_bwd(
             HAS_BIAS=bias is not None, COMPUTE_DBIAS=need_dbias, APPROX_TANH=approximate == "tanh",
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
         )  # fmt: skip
-    dbias = part.sum(dim=0).to(bias.dtype) if need_dbias else None
-    return dx, dbias
+    dbias = part.sum(dim=0) if need_dbias else None
+    return dx, (dbias.to(bias.dtype) if dbias is not None and dbias.dtype != bias.dtype else dbias)
+
+
+def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
+    """Forward launch (validates its inputs)."""
+    check_inputs(x, bias, approximate)
+    return _fwd(x, bias, approximate)
+
+
+def bias_gelu_bwd(
+    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none", need_dbias: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward launch (validates its inputs). Returns (dx, dbias); dbias is None without a bias or when not
+    needed."""
+    check_inputs(x, bias, approximate)
+    if dy.shape != x.shape:
+        raise ValueError(f"bias_gelu backward: dy has shape {tuple(dy.shape)}, x {tuple(x.shape)}")
+    return _bwd(dy, x, bias, approximate, need_dbias)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -228,7 +245,7 @@ def bias_gelu_bwd(
 
 
 def _bias_gelu_fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    return bias_gelu_fwd(x, bias, approximate)
+    return _fwd(x, bias, approximate)
 
 
 _bias_gelu_fwd_op = torch.library.custom_op("bert_fast::bias_gelu_fwd", mutates_args=())(_bias_gelu_fwd_impl)
@@ -242,7 +259,7 @@ def _(x, bias, approximate):
 def _bias_gelu_bwd_impl(
     dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str, need_dbias: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    dx, dbias = bias_gelu_bwd(dy, x, bias, approximate, need_dbias)
+    dx, dbias = _bwd(dy, x, bias, approximate, need_dbias)
     return dx, (dbias if dbias is not None else x.new_empty(0))
 
 
@@ -275,5 +292,5 @@ _bias_gelu = EagerOp(_bias_gelu_fwd_op, _bias_gelu_fwd_impl, _setup_context, _ba
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
     """y = gelu(x + bias) over the last dim, in one kernel; differentiable in x and bias (bias may be None)."""
-    _check(x, bias, approximate)  # here too, so a bad call fails while torch.compile traces, not only at run time
+    check_inputs(x, bias, approximate)  # here, so a bad call fails while torch.compile traces too
     return _bias_gelu(x, bias, approximate)

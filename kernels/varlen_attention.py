@@ -14,8 +14,8 @@ implementation through a plain autograd.Function (EagerOp: the custom-op dispatc
 kernels). The output is a fresh contiguous (tokens, heads, head_dim) tensor: it reshapes to (tokens, heads *
 head_dim) for free.
 
-Dropout: dropout_p > 0 draws the seed from torch's generator unless one is given (so torch.manual_seed rules);
-dropout_p = 0 compiles the dropout code out. Validating cu_seqlens' values needs them on the host (one device sync):
+Dropout: dropout_p > 0 draws the seed on the device from torch's generator unless one is given (so torch.manual_seed
+rules, and no host sync is needed); dropout_p = 0 compiles the dropout code out. Validating cu_seqlens' values needs them on the host (one device sync):
 pass validate=False when they are known to be good (e.g. built once per batch and checked with check_cu_seqlens).
 """
 
@@ -27,12 +27,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import EagerOp, check_kernel_device, draw_seed
-from .attention_bwd import varlen_attention_bwd
-from .attention_fwd import check_attention_inputs, varlen_attention_fwd, varlen_dropout_mask
+from ._common import EagerOp, check_kernel_device, seed_arguments
+from .attention_bwd import attention_bwd
+from .attention_fwd import attention_fwd, check_attention_inputs, varlen_dropout_mask
 
 __all__ = [
     "check_cu_seqlens",
+    "cu_seqlens_from_mask",
     "padded_attention",
     "padded_dropout_mask",
     "varlen_attention",
@@ -53,16 +54,17 @@ def _fwd_impl(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    seed_tensor: torch.Tensor | None,
     deterministic: bool,  # the backward's choice, kept with the forward's arguments
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
+    return attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor)
 
 
 _fwd_op = torch.library.custom_op("bert_fast::varlen_attention_fwd", mutates_args=())(_fwd_impl)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
+def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, deterministic):
     check_attention_inputs("varlen_attention", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
@@ -79,11 +81,11 @@ def _bwd_impl(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    seed_tensor: torch.Tensor | None,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return varlen_attention_bwd(
-        dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic=deterministic
-    )
+    return attention_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
+                         seed_tensor, deterministic=deterministic)
 
 
 _bwd_op = torch.library.custom_op("bert_fast::varlen_attention_bwd", mutates_args=())(_bwd_impl)
@@ -91,21 +93,22 @@ _attention_backward = EagerOp(_bwd_op, _bwd_impl)
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
+def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic = inputs
+    q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, deterministic = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed, deterministic)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, seed_tensor)
+    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed)
+    ctx.deterministic = deterministic
 
 
 def _fwd_backward(ctx, dout, _dlse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, cu_seqlens, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None
+    q, k, v, out, lse, cu_seqlens, seed_tensor = ctx.saved_tensors
+    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, cu_seqlens, *ctx.args, seed_tensor, ctx.deterministic)
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -122,10 +125,11 @@ def _packed_fwd_impl(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    seed_tensor: torch.Tensor | None,
     deterministic: bool,  # the backward's choice, kept with the forward's arguments
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = qkv.unbind(1)  # strided views: token stride 3 * heads * head_dim, no copy
-    return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
+    return attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor)
 
 
 _packed_fwd_op = torch.library.custom_op(
@@ -134,10 +138,21 @@ _packed_fwd_op = torch.library.custom_op(
 
 
 @_packed_fwd_op.register_fake
-def _(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
+def _(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, deterministic):
     q, k, v = qkv.unbind(1)
     check_attention_inputs("varlen_attention_qkvpacked", q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+def packed_attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor,
+                         deterministic=True) -> torch.Tensor:  # fmt: skip
+    """The backward launches for packed qkv on validated inputs: one (tokens, 3, heads, head_dim) gradient."""
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    q, k, v = qkv.unbind(1)
+    dq, dk, dv = dqkv.unbind(1)  # the kernel writes the three slices in place
+    attention_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor,
+                  dq, dk, dv, deterministic=deterministic)
+    return dqkv
 
 
 def _packed_bwd_impl(
@@ -150,16 +165,11 @@ def _packed_bwd_impl(
     dropout_p: float,
     softmax_scale: float,
     seed: int,
+    seed_tensor: torch.Tensor | None,
     deterministic: bool,
 ) -> torch.Tensor:
-    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    q, k, v = qkv.unbind(1)
-    dq, dk, dv = dqkv.unbind(1)  # the kernel writes the three slices in place
-    varlen_attention_bwd(
-        dout, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, dq=dq, dk=dk, dv=dv,
-        deterministic=deterministic,
-    )  # fmt: skip
-    return dqkv
+    return packed_attention_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
+                                seed_tensor, deterministic)
 
 
 _packed_bwd_op = torch.library.custom_op(
@@ -169,21 +179,22 @@ _packed_attention_backward = EagerOp(_packed_bwd_op, _packed_bwd_impl)
 
 
 @_packed_bwd_op.register_fake
-def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic):
+def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, deterministic):
     return qkv.new_empty(qkv.shape)
 
 
 def _packed_setup_context(ctx, inputs, output):
-    qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, deterministic = inputs
+    qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, seed_tensor, deterministic = inputs
     out, lse = output
-    ctx.save_for_backward(qkv, out, lse, cu_seqlens)
-    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed, deterministic)
+    ctx.save_for_backward(qkv, out, lse, cu_seqlens, seed_tensor)
+    ctx.args = (max_seqlen, dropout_p, softmax_scale, seed)
+    ctx.deterministic = deterministic
 
 
 def _packed_backward(ctx, dout, _dlse):
-    qkv, out, lse, cu_seqlens = ctx.saved_tensors
-    dqkv = _packed_attention_backward(dout, qkv, out, lse, cu_seqlens, *ctx.args)
-    return dqkv, None, None, None, None, None, None
+    qkv, out, lse, cu_seqlens, seed_tensor = ctx.saved_tensors
+    dqkv = _packed_attention_backward(dout, qkv, out, lse, cu_seqlens, *ctx.args, seed_tensor, ctx.deterministic)
+    return dqkv, None, None, None, None, None, None, None
 
 
 _packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
@@ -223,8 +234,8 @@ def _prepare(op, q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed
     check_attention_inputs(op, q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     if validate:
         check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
-    seed = draw_seed(seed) if dropout_p > 0.0 else 0
-    return max_seqlen, dropout_p, softmax_scale, seed
+    seed, seed_tensor = seed_arguments(seed, q.device) if dropout_p > 0.0 else (0, None)
+    return max_seqlen, dropout_p, softmax_scale, seed, seed_tensor
 
 
 def varlen_attention(
@@ -235,7 +246,7 @@ def varlen_attention(
     max_seqlen: int,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     *,
     validate: bool = True,
     deterministic: bool = True,
@@ -245,7 +256,9 @@ def varlen_attention(
     q, k, v: (total_tokens, heads, head_dim), fp16 / bf16 / fp32, head_dim in {16, 32, 64, 128}; token and head
     strides are free (unit stride on head_dim). cu_seqlens: int32 (batch + 1,) offsets; max_seqlen >= the longest
     sequence. dropout_p: dropout on the attention probabilities (Philox from seed; see varlen_dropout_mask).
-    softmax_scale defaults to 1 / sqrt(head_dim). Returns contiguous (total_tokens, heads, head_dim) in q's dtype.
+    seed: an int, an int64 tensor on q's device (its first element), or None to draw one on the device from torch's
+    generator (no host sync). softmax_scale defaults to 1 / sqrt(head_dim). Returns contiguous (total_tokens,
+    heads, head_dim) in q's dtype.
     deterministic=True (the default) gives bitwise-reproducible gradients; False adds dq up with fp32 atomics, a
     cheaper backward whose dq may differ between runs in the last bits.
     """
@@ -260,7 +273,7 @@ def varlen_attention_qkvpacked(
     max_seqlen: int,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     *,
     validate: bool = True,
     deterministic: bool = True,
@@ -277,6 +290,12 @@ def varlen_attention_qkvpacked(
     args = _prepare(op, q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, validate)
     out, _ = _packed_attention(qkv, cu_seqlens, *args, bool(deterministic))
     return out
+
+
+def cu_seqlens_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(batch + 1,) int32 offsets of the real tokens of each row of a (batch, seq) bool mask, packed row after row.
+    No host sync."""
+    return F.pad(mask.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
 
 
 def _padding_keep(op: str, key_padding_mask: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
@@ -319,7 +338,7 @@ def padded_attention(
         return out.view(batch, seq, heads, head_dim)
     check_kernel_device(op, q, key_padding_mask)
     keep = _padding_keep(op, key_padding_mask, batch, seq)
-    cu_seqlens = F.pad(keep.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens = cu_seqlens_from_mask(keep)
     index = keep.reshape(-1).nonzero().squeeze(1)  # (real tokens,), row-major: each row's tokens in order
     packed = [t.reshape(batch * seq, heads, head_dim).index_select(0, index) for t in (q, k, v)]
     out = varlen_attention(*packed, cu_seqlens, seq, dropout_p, softmax_scale, seed, validate=False)
@@ -332,7 +351,7 @@ def padded_dropout_mask(seed: int, key_padding_mask: torch.Tensor, heads: int, d
     dropout_mask takes it (False at padded rows and columns)."""
     batch, seq = key_padding_mask.shape
     keep = _padding_keep("padded_dropout_mask", key_padding_mask, batch, seq)
-    cu_seqlens = F.pad(keep.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens = cu_seqlens_from_mask(keep)
     packed = varlen_dropout_mask(seed, cu_seqlens, heads, seq, dropout_p)  # (batch, heads, seq, seq), unpadded order
     rank = (keep.long().cumsum(1) - 1).clamp_min(0)  # position of each real token within its sequence
     b = torch.arange(batch, device=keep.device)[:, None, None, None]

@@ -62,5 +62,5 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     seed = dict(item.user_properties).get("torch_seed")
     if report.failed and seed is not None:
-        report.sections.append(("torch seed", f"inputs drawn from torch seed {seed}; replay with "
-                                              f"{SEED_VARIABLE}={seed} python -m pytest '{item.nodeid}'"))
+        replay = f"{SEED_VARIABLE}={seed} python -m pytest '{item.nodeid}'"
+        report.sections.append(("torch seed", f"inputs drawn from torch seed {seed}; replay with {replay}"))

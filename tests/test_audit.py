@@ -57,6 +57,7 @@ def test_a_broken_kernel_fails_the_audit(checkpoint, tmp_path, capsys, monkeypat
         return fused.add_layer_norm(*args, **kwargs) + 1e-3
 
     monkeypatch.setattr(ops_lib, "_TRITON", dataclasses.replace(fused, add_layer_norm=off_by_a_little))
+    monkeypatch.setattr(ops_lib, "_fused_layer", False)  # the layers step by step, through the broken op too
     code, report = _audit(checkpoint, tmp_path)
     printed = capsys.readouterr().out
     assert code == 1 and not report["passed"]

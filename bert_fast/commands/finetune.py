@@ -67,6 +67,9 @@ def add_arguments(parser) -> None:
     runs.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (default: none; the "
                                                            "best epoch's model is kept in OUT/best regardless)")
     runs.add_argument("--keep-checkpoints", type=int, help=shown("keep_checkpoints", "the newest N are kept"))
+    runs.add_argument("--capture", action="store_true",
+                      help="each step as one CUDA graph per batch shape (bf16/fp32, one process); not yet run on a "
+                           "GPU, so off by default")
     runs.add_argument("--stop-at", type=int, help="stop after N steps with a checkpoint (a time-limited job)")
     runs.add_argument("--resume", action="store_true",
                       help="continue the run in --out from its newest checkpoint, with its own settings (flags given "
@@ -110,7 +113,7 @@ def given_settings(args) -> dict:
     given = {"task": args.task}
     given.update({n: getattr(args, n) for n in ("model", "train", "dev", *_SETTINGS)
                   if getattr(args, n, None) is not None})
-    given.update({n: True for n in ("no_header", "regression") if getattr(args, n)})
+    given.update({n: True for n in ("no_header", "regression", "capture") if getattr(args, n, False)})
     return given
 
 

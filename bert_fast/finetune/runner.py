@@ -42,6 +42,7 @@ from ..ops import resolve
 from ..tokenizer import Tokenizer
 from ..training import Precision, build_optimizer, linear_schedule
 from ..training import distributed as D
+from ..training.capture import CapturedStep
 from ..training.checkpointing import CheckpointManager
 from ..training.runs import accumulation_steps, run_folder, settings_for_resume
 from . import resume
@@ -90,6 +91,9 @@ class FinetuneConfig:
     checkpoint_every: int = 0  # steps; 0: none (the best epoch's model is kept in best/ regardless)
     keep_checkpoints: int = 1
     stop_at: int | None = None  # stop after this many steps, writing a checkpoint (a time-limited job)
+    # each step's forward, backward and optimizer step as one CUDA graph per batch shape (training/capture.py);
+    # bf16 or fp32, one process. Off by default: it has not run on a GPU yet.
+    capture: bool = False
     resume: bool = False  # continue from the newest checkpoint in out/checkpoints
     # qa
     doc_stride: int = 128
@@ -168,11 +172,15 @@ def steps_per_epoch(examples: int, batch_size: int, pieces: int) -> int:
 
 def train_steps(model, task: Task, features: list[dict], optimizer, schedule, precision: Precision,
                 cfg: FinetuneConfig, order: list[int], accumulation: int = 1, env: D.DistEnv = SINGLE_PROCESS,
-                skip: int = 0, max_steps: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
+                skip: int = 0, max_steps: int | None = None,
+                captured: CapturedStep | None = None) -> Iterator[tuple[torch.Tensor, int]]:
     """Optimizer steps over the training features in `order` (the epoch's shuffle, the same on every rank),
     `model` possibly DDP-wrapped: the epoch's steps after the first `skip` (done before a resume), at most
     max_steps of them. Yields after each step its loss (the mean of its micro-batches' losses, a device tensor)
-    and this rank's real tokens in it."""
+    and this rank's real tokens in it.
+
+    With `captured` (cfg.capture), a micro-batch that has a bucket runs as its bucket's CUDA graph (the last one of
+    a step with the optimizer step inside); one without runs eagerly, into the same persistent gradients."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -183,18 +191,29 @@ def train_steps(model, task: Task, features: list[dict], optimizer, schedule, pr
     for chosen in tqdm(batches, desc="train", leave=False, disable=None if env.is_main else True):
         chunk = micro_batches([features[i] for i in chosen], pieces)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        tokens = 0
+        tokens, stepped_in_graph = 0, False
         for a in range(accumulation):
             batch = task.collate(chunk[a * env.world_size + env.rank], training=True)
             tokens += int(batch["attention_mask"].sum())  # counted on the host: no device sync per step
+            last = a == accumulation - 1
+            static = captured.static_batch(batch, task.tokenizer.pad_token_id, max_width=task.max_length) \
+                if captured is not None else None
+            if static is not None:
+                loss, _ = captured(static, step_optimizer=last, loss_scale=1 / accumulation)
+                step_loss += loss.double() / accumulation
+                stepped_in_graph = last
+                continue
             batch = _to(batch, device)
-            with D.no_sync(model, skip=a < accumulation - 1):
+            with D.no_sync(model, skip=not last):
                 with precision.autocast():
                     loss = model(**batch).loss
                 precision.backward(loss / accumulation)
             step_loss += loss.detach().double() / accumulation
-        _, stepped = precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
-        optimizer.zero_grad(set_to_none=True)
+        stepped = True
+        if not stepped_in_graph:
+            _, stepped = precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
+            # captured graphs add into the gradients they were captured with: zero them in place
+            optimizer.zero_grad(set_to_none=captured is None)
         if stepped:
             schedule.step()
         yield step_loss, tokens
@@ -294,12 +313,23 @@ class FinetuneRun:
                                                            **self.task.model_overrides()).to(self.device)
         self.wrapped = D.wrap_model(self.model, env, "ddp", self.device)  # every rank starts from rank 0's weights
         self.total_steps = self._total_steps()
-        self.optimizer = build_optimizer(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(self.model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         capturable=cfg.capture)
         self.schedule = linear_schedule(self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps)
+        self.captured = self._captured_step() if cfg.capture else None
 
         self.run_config = {**_json_ready(asdict(cfg)), "world_size": env.world_size,
                            "micro_batch": self.micro_batch_size}
         self.position = self._restore_newest_checkpoint() if cfg.resume else resume.Position()
+
+    def _captured_step(self) -> CapturedStep:
+        """The captured step (cfg.capture): one process, bf16 or fp32."""
+        if self.env.enabled:
+            raise SettingError("--capture runs one process: DDP's gradient hooks cannot run inside a CUDA graph")
+        if self.precision.mode == "fp16":
+            raise SettingError("--capture takes bf16 or fp32: fp16's loss scaler reads its overflow flag on the host")
+        autocast = torch.bfloat16 if self.precision.mode == "bf16" else None
+        return CapturedStep(self.model, self.optimizer, max_grad_norm=self.cfg.max_grad_norm, autocast_dtype=autocast)
 
     def _split(self, path: Path, name: str) -> Split:
         split = self.task.load(path, name)
@@ -361,7 +391,8 @@ class FinetuneRun:
         for step_loss, tokens in train_steps(self.wrapped, self.task, self.train_split.features, self.optimizer,
                                              self.schedule, self.precision, self.cfg, order, self.accumulation,
                                              self.env, skip=position.step_in_epoch,
-                                             max_steps=self.total_steps - position.steps_done):
+                                             max_steps=self.total_steps - position.steps_done,
+                                             captured=self.captured):
             sums.loss += step_loss
             sums.tokens += tokens
             position.step_in_epoch += 1

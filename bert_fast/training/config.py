@@ -41,7 +41,7 @@ CHOICES = {"data.packing": ("none", "online", "offline")}
 class ModelSection:
     size: str = "tiny"  # tiny | mini | small | medium | base | large: the preset the fields below change
     model_type: str = "bert"  # the family (bert, roberta, xlm-roberta, camembert, electra, distilbert); NSP is BERT's
-    impl: str = "auto"  # auto: our Triton kernels on CUDA, the PyTorch reference elsewhere
+    impl: str = "auto"  # auto: the fused kernels on CUDA where measured faster (bert_fast.ops.auto_uses_fused)
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     max_position_embeddings: int = 512
@@ -132,6 +132,9 @@ class TrainSection:
     stop_at: int = 0  # stop after this step (a checkpoint is written there) to continue later with --resume
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     fused_mlm_loss: bool = False  # MLM loss through chunked linear + cross-entropy (no full logits)
+    # each step's forward, backward and optimizer step as one CUDA graph per batch shape (capture.py): bf16 or fp32,
+    # one process, unpacked batches. Off by default: it has not run on a GPU yet.
+    capture: bool = False
     objective: str = "mlm_nsp"  # mlm_nsp: BERT's MLM + next sentence prediction | mlm: masked LM alone (RoBERTa)
     peak_tflops: float = 0.0  # the device's peak for MFU; 0: known GPUs by name, none on the CPU
     progress: bool = True

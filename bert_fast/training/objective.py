@@ -86,9 +86,9 @@ def packed_pretraining_losses(model: nn.Module, input_ids, token_type_ids, next_
     unused entries carry the label -100 and add nothing to the means. Returns what PretrainingObjective returns;
     with return_logits the logits are those of the real examples and masked tokens only.
     """
-    bert = model.bert
+    bert = model.base_model
     hidden = encode_packed_rows(bert, input_ids, token_type_ids, position_ids, cu_seqlens)  # (rows * row_len, H)
-    ops = bert._ops(hidden.device)
+    ops = bert.implementation(hidden.device)
     nsp_logits = model.cls.seq_relationship(bert.pooler(hidden.index_select(0, cls_positions)))
     nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label, ignore_index=-100)
     head = model.cls.predictions

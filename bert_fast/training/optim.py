@@ -29,10 +29,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class Lamb(torch.optim.Optimizer):
-    """LAMB: Adam's update rescaled per tensor by the trust ratio ||w|| / ||update||, with decoupled decay."""
+    """LAMB: Adam's update rescaled per tensor by the trust ratio ||w|| / ||update||, with decoupled decay.
+
+    Sync-free: the step counter is a tensor on the parameter's device and the learning rate may be one, so a step
+    can be captured in a CUDA graph (a scheduler then fills the rate in place)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
-        if lr <= 0:
+        if float(lr) <= 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
@@ -49,32 +52,43 @@ class Lamb(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
+                elif not torch.is_tensor(state["step"]):  # a checkpoint of the int counter this class kept before
+                    state["step"] = torch.tensor(float(state["step"]), device=p.device)
+                step = state["step"].add_(1)
                 grad = p.grad.float()
                 state["exp_avg"].lerp_(grad, 1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = state["exp_avg"] / (1 - beta1 ** state["step"])
-                v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+                m_hat = state["exp_avg"] / (1 - torch.pow(beta1, step))
+                v_hat = state["exp_avg_sq"] / (1 - torch.pow(beta2, step))
                 update = m_hat / (v_hat.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p.float(), alpha=group["weight_decay"])
                 w_norm, u_norm = p.float().norm(), update.norm()
                 trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_((update * trust).to(p.dtype), alpha=-group["lr"])
+                lr = group["lr"]
+                if torch.is_tensor(lr):
+                    p.sub_((update * (trust * lr)).to(p.dtype))
+                else:
+                    p.add_((update * trust).to(p.dtype), alpha=-lr)
         return loss
 
 
 def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-4, weight_decay: float = 0.01,
-                    betas=(0.9, 0.999), eps: float = 1e-6) -> torch.optim.Optimizer:
+                    betas=(0.9, 0.999), eps: float = 1e-6, capturable: bool = False) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) or LAMB over `parameter_groups`. capturable=True makes the step one a CUDA graph can
+    hold (bert_fast.training.capture): the learning rate is a tensor on the parameters' device, which schedulers
+    fill in place, and AdamW runs fused with its step counters on the device."""
     groups = parameter_groups(model, weight_decay)
+    device = next(model.parameters()).device
+    rate = torch.tensor(lr, dtype=torch.float32, device=device) if capturable else lr
     if name == "adamw":
-        on_cuda = next(model.parameters()).is_cuda
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=on_cuda or None)
+        fused = True if capturable else (device.type == "cuda" or None)
+        return torch.optim.AdamW(groups, lr=rate, betas=betas, eps=eps, fused=fused, capturable=capturable)
     if name == "lamb":
-        return Lamb(groups, lr=lr, betas=betas, eps=eps)
+        return Lamb(groups, lr=rate, betas=betas, eps=eps)
     raise ValueError(f"optimizer {name!r} is not one of 'adamw', 'lamb'")
 
 

@@ -39,6 +39,7 @@ from ..errors import DataError, ResumeError, RunInterrupted, SettingError
 from ..modeling import BertForMaskedLM, BertForPreTraining
 from ..tokenizer import BertTokenizer
 from . import distributed as D
+from .capture import CapturedStep
 from .checkpointing import CheckpointManager
 from .config import PretrainConfig
 from .flops import peak_flops, train_flops_per_token
@@ -139,12 +140,14 @@ class Pretrainer:
         self.wrapped = D.wrap_model(self.objective, env, t.distributed, self.device,
                                     units=list(self.model.base_model.encoder.layer))
         self.sharded = D.is_sharded(self.wrapped)
-        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps)
+        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.weight_decay, tuple(t.betas), t.eps,
+                                         capturable=t.capture)
         warmup = t.warmup_steps if t.warmup_steps >= 0 else round(t.warmup_ratio * self.total_steps)
         self.scheduler = linear_schedule(self.optimizer, warmup, self.total_steps)
         self.precision = (Precision.default(self.device) if t.precision == "auto"
                           else Precision(t.precision, self.device))
         self.checkpoints = CheckpointManager(run_dir / "checkpoints", t.keep_checkpoints)
+        self.captured = self._captured_step() if t.capture else None
 
         self.step = self._restore_newest_checkpoint() if resume else 0
         self.start_step = self.step
@@ -206,18 +209,36 @@ class Pretrainer:
                 self._save_checkpoint()
 
     def _train_step(self, phase: Phase, batches, interval: Interval) -> torch.Tensor:
-        """One optimizer step over `phase.accumulation` micro-batches; returns the gradient norm (on the device)."""
+        """One optimizer step over `phase.accumulation` micro-batches; returns the gradient norm (on the device).
+        With train.capture, a micro-batch that has a bucket runs as its bucket's captured step (the last one of a
+        step with the optimizer step inside); one without runs eagerly, into the same persistent gradients."""
+        grad_norm = None
         for a in range(phase.accumulation):
+            last = a == phase.accumulation - 1
             with self.profiler.range("data"):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
-            with D.no_sync(self.wrapped, skip=a < phase.accumulation - 1):
-                with self.precision.autocast(), self.profiler.range("forward"):
-                    out = self.wrapped(**batch)
-                with self.profiler.range("backward"):
-                    self.precision.backward(out["loss"] / phase.accumulation)
-            nsp_loss = out["nsp_loss"] if out["nsp_loss"] is not None else torch.zeros((), device=self.device)
+                batch = next(batches)
+                static = self._static_batch(batch, phase) if self.captured is not None else None
+                if static is None:
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            if static is not None:
+                out, grad_norm = self.captured(static, step_optimizer=last, loss_scale=1 / phase.accumulation)
+                real_tokens = batch["attention_mask"].sum()
+            else:
+                with D.no_sync(self.wrapped, skip=not last):
+                    with self.precision.autocast(), self.profiler.range("forward"):
+                        out = self.wrapped(**batch)
+                    with self.profiler.range("backward"):
+                        self.precision.backward(out["loss"] / phase.accumulation)
+                real_tokens = batch["attention_mask"].sum()
+                grad_norm = None
+            nsp_loss = out.get("nsp_loss")
+            nsp_loss = nsp_loss if nsp_loss is not None else torch.zeros((), device=self.device)
             interval.sums += torch.stack([out["loss"].detach().double(), out["mlm_loss"].detach().double(),
-                                          nsp_loss.detach().double(), batch["attention_mask"].sum().double()])
+                                          nsp_loss.detach().double(), real_tokens.to(self.device).double()])
+        if grad_norm is not None:  # the last micro-batch's graph stepped the optimizer
+            self.scheduler.step()
+            interval.steps += 1
+            return grad_norm
         with self.profiler.range("optimizer"):
             clip = (lambda m: D.clip_grad_norm(self.model.parameters(), m)) if self.sharded else None
             grad_norm, stepped = self.precision.step(self.optimizer, self.model.parameters(),
@@ -226,9 +247,37 @@ class Pretrainer:
                 self.scheduler.step()
             else:
                 interval.skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            # captured graphs add into the gradients they were captured with: zero them in place
+            self.optimizer.zero_grad(set_to_none=self.captured is None)
         interval.steps += 1
         return grad_norm
+
+    # --- captured steps (train.capture) ----------------------------------------------------------------
+
+    def _captured_step(self) -> CapturedStep:
+        t = self.config.train
+        if self.env.enabled:
+            raise SettingError("train.capture runs one process: DDP's gradient hooks cannot run inside a CUDA graph")
+        if self.precision.mode == "fp16":
+            raise SettingError("train.capture takes bf16 or fp32: fp16's loss scaler reads its overflow flag on the "
+                               "host")
+        if self.config.data.packing != "none":
+            raise SettingError("train.capture buckets unpacked batches: set data.packing = \"none\"")
+        if not t.max_grad_norm:
+            raise SettingError("train.capture clips inside the graph: set train.max_grad_norm > 0")
+        autocast = torch.bfloat16 if self.precision.mode == "bf16" else None
+        return CapturedStep(self.model, self.optimizer, loss_of=_pretraining_losses, max_grad_norm=t.max_grad_norm,
+                            autocast_dtype=autocast)
+
+    def _static_batch(self, batch: dict, phase: Phase):
+        """A loader's micro-batch packed on the host into its bucket (None: it has none, run it eagerly), with the
+        inputs the model takes: no NSP labels for the MLM objective, segment A only for one-segment families."""
+        batch = dict(batch)
+        if not self.objective.has_nsp:
+            batch.pop("next_sentence_label")
+        if not self.objective.segments:
+            batch["token_type_ids"] = torch.zeros_like(batch["token_type_ids"])
+        return self.captured.static_batch(batch, self.tokenizer.pad_token_id, mlm=True, max_width=phase.seq_len)
 
     def _batches(self, phase: Phase):
         """This rank's micro-batches from `self.step` to the end of the phase (or the stop)."""
@@ -250,7 +299,7 @@ class Pretrainer:
         micro = interval.steps * phase.accumulation * self.env.world_size
         tokens_per_s = tokens / (time.perf_counter() - interval.started)
         record = {"loss": loss / micro, "mlm_loss": mlm / micro, "nsp_loss": nsp / micro,
-                  "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                  "lr": float(self.optimizer.param_groups[0]["lr"]), "grad_norm": float(grad_norm),
                   "tokens_per_s": tokens_per_s, "seq_len": phase.seq_len,
                   "mfu": tokens_per_s * mfu_of_tokens_per_s if mfu_of_tokens_per_s else None,
                   "skipped_steps": interval.skipped}
@@ -521,6 +570,12 @@ class Pretrainer:
         if self.env.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _pretraining_losses(model, inputs: dict) -> dict:
+    """The losses a captured pretraining step returns: the total it backpropagates and the parts the log shows."""
+    out = model(**inputs)
+    return {"loss": out.loss, "mlm_loss": getattr(out, "mlm_loss", out.loss), "nsp_loss": getattr(out, "nsp_loss", None)}
 
 
 def default_run_dir(config: PretrainConfig) -> Path:

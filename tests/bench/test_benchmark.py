@@ -39,3 +39,24 @@ def test_ratio_table():
 def test_reference_path_and_fused_ffn_are_opt_in():
     assert "bert_fast-reference" in benchmark.PROVIDERS and "bert_fast-reference" not in benchmark.DEFAULT_PROVIDERS
     assert not set(benchmark.FUSED_FFN) & set(benchmark.DEFAULT_PROVIDERS)
+
+
+def test_fine_tuning_workload_and_captured_steps_on_the_cpu():
+    """The classification workload builds for every provider with one set of weights, and the graphs provider's
+    training step (a CapturedStep, run eagerly on the CPU) packs its host batch into a bucket and steps."""
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_hidden_layers=1)
+    state = benchmark.shared_state(config, "classification")
+    workload = benchmark.Workload("t", "train", 3, 16, ragged=True, task="classification")
+    batch = benchmark.make_batch(workload, config.vocab_size, "cpu", torch.Generator().manual_seed(0))
+    losses = {}
+    for provider in ("bert_fast", "hf-sdpa"):
+        model = benchmark.build(provider, config, "train", state, "cpu", "classification").float()
+        with torch.no_grad():
+            losses[provider] = model(**batch).loss
+    assert torch.allclose(losses["bert_fast"], losses["hf-sdpa"], atol=1e-4)
+    model = benchmark.build("bert_fast+graphs", config, "train", state, "cpu", "classification").float()
+    step, _ = benchmark.captured_step_fn(model, batch, config, "classification")
+    before = model.classifier.weight.detach().clone()
+    assert torch.allclose(step(), losses["bert_fast"], atol=1e-4)  # the loss of the weights it started from
+    assert not torch.equal(model.classifier.weight, before)
+    assert "minilm-l6" in benchmark.SIZES and benchmark.size_config("minilm-l6").hidden_size == 384

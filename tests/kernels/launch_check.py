@@ -125,8 +125,8 @@ def main():
         attention_cases(dtype, lengths)
     # the forward's picks by tuning key (head dim, sequence bucket, dropout): the stub driver's "timings" depend on
     # the key, so different keys pick different configs, as they may on a GPU
-    forward = lean._states[id(af._fwd_tuned["small"])]
-    print(json.dumps({"picks": {str(key[:3]): pick["BLOCK_M"] for key, pick in forward.picks.items()}}))
+    picks = lean.picks_of(af._fwd_tuned["small"])
+    print(json.dumps({"picks": {str(key[:3]): pick["BLOCK_M"] for key, pick in picks.items()}}))
 
 
 if __name__ == "__main__":

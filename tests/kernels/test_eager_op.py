@@ -34,7 +34,7 @@ def test_eager_calls_do_not_go_through_the_custom_ops(monkeypatch):
     monkeypatch.setattr(bias_gelu_module._bias_gelu, "op", _refuse)
     monkeypatch.setattr(bias_gelu_module.bias_gelu_backward, "op", _refuse)
     monkeypatch.setattr(ln_module._add_layer_norm, "op", _refuse)
-    monkeypatch.setattr(ln_module._add_layer_norm_backward, "op", _refuse)
+    monkeypatch.setattr(ln_module._backward_op, "op", _refuse)
     x = torch.randn(5, 24, requires_grad=True)
     b = torch.randn(24, requires_grad=True)
     w = torch.randn(24, requires_grad=True)
@@ -79,7 +79,7 @@ def test_both_faces_give_the_same_numbers(dropout_p):
 
     def through_the_op(x, residual, weight, bias, x_bias):
         y, _, _, _ = torch.ops.bert_fast.add_layer_norm_fwd(x, residual, weight, bias, x_bias, 1e-12, dropout_p, 11,
-                                                            False)  # fmt: skip
+                                                            None, False)  # fmt: skip
         return y
 
     out, grads = run(eager, leaves(inputs), dy)
@@ -97,7 +97,7 @@ def test_packed_attention_faces_agree():
     results = []
     for call in (
         lambda t: varlen_attention_qkvpacked(t, cu, 5),
-        lambda t: torch.ops.bert_fast.varlen_attention_qkvpacked_fwd(t, cu, 5, 0.0, 0.25, 0, True)[0],
+        lambda t: torch.ops.bert_fast.varlen_attention_qkvpacked_fwd(t, cu, 5, 0.0, 0.25, 0, None, True)[0],
     ):
         leaf = qkv.clone().requires_grad_()
         out = call(leaf)

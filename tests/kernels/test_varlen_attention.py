@@ -161,6 +161,26 @@ def test_padded_attention(dropout_p):
     )  # fmt: skip
 
 
+def test_seed_read_from_a_device_tensor():
+    """A seed tensor (the kernels read it on the device) draws the int seed's mask in the forward and the backward;
+    seed=None draws a fresh seed on the device each call."""
+    lengths = (9, 1, 20)
+    cu = cu_seqlens_of(lengths)
+    qkv = torch.randn(sum(lengths), 3, 2, 16)
+    dout = torch.randn(sum(lengths), 2, 16)
+    results = []
+    for seed in (2**40 + 7, torch.tensor([2**40 + 7])):
+        leaf = qkv.clone().requires_grad_()
+        out = varlen_attention_qkvpacked(leaf, cu, 20, dropout_p=0.25, seed=seed)
+        results.append((out, *torch.autograd.grad(out, leaf, dout)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert torch.equal(varlen_dropout_mask(torch.tensor([2**40 + 7]), cu, 2, 20, 0.25),
+                       varlen_dropout_mask(2**40 + 7, cu, 2, 20, 0.25))
+    first = varlen_attention_qkvpacked(qkv, cu, 20, dropout_p=0.25)
+    assert not torch.equal(first, varlen_attention_qkvpacked(qkv, cu, 20, dropout_p=0.25))
+
+
 def test_dropout_matches_reference_given_the_kernel_mask():
     """The reference, handed the keep-mask regenerated from the seed, reproduces the kernel's output and gradients:
     the backward drops exactly what the forward dropped."""
@@ -236,7 +256,9 @@ def test_custom_op_registration():
     """torch.library.opcheck: schema, fake tensors, autograd registration and AOT dispatch of the packed op."""
     cu = cu_seqlens_of((3, 5))
     qkv = torch.randn(8, 3, 1, 16, requires_grad=True)
-    torch.library.opcheck(torch.ops.bert_fast.varlen_attention_qkvpacked_fwd.default, (qkv, cu, 5, 0.0, 0.25, 0, True))
+    torch.library.opcheck(torch.ops.bert_fast.varlen_attention_qkvpacked_fwd.default, (qkv, cu, 5, 0.0, 0.25, 0, None, True))
+    seed = torch.tensor([7])  # a seed the kernel reads from memory
+    torch.library.opcheck(torch.ops.bert_fast.varlen_attention_qkvpacked_fwd.default, (qkv, cu, 5, 0.1, 0.25, 0, seed, True))
 
 
 def _bad_input_cases():
@@ -270,8 +292,34 @@ def _bad_input_cases():
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", range(len(_bad_input_cases())))
+BAD_INPUT_IDS = ["k-shape-differs", "dtype-mixed", "float64", "head-dim-24", "not-3d", "devices-differ",
+                 "cu-seqlens-int64", "cu-seqlens-2d", "cu-seqlens-not-from-0", "cu-seqlens-decreasing",
+                 "cu-seqlens-wrong-end", "max-seqlen-short", "dropout-p-1", "softmax-scale-negative", "qkv-wrong-shape",
+                 "padded-mask-shape", "padded-additive-mask", "padded-k-shape-differs"]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT_IDS)), ids=BAD_INPUT_IDS)
 def test_bad_input_raises(case):
-    fn, error, message = _bad_input_cases()[case]
+    cases = _bad_input_cases()
+    assert len(cases) == len(BAD_INPUT_IDS)  # a case added needs its name
+    fn, error, message = cases[case]
     with pytest.raises(error, match=message):
         fn()
+
+
+def test_autotuning_skips_tiles_longer_than_the_sequences():
+    """At a 64-token bucket (fine-tuning's short sentences) the configs whose tiles fit are left (one forward config:
+    nothing is timed); at 512 every config is a candidate."""
+    import importlib
+
+    fwd = importlib.import_module("bert_fast_kernels.attention_fwd")
+    bwd = importlib.import_module("bert_fast_kernels.attention_bwd")
+    prune_fwd = fwd.tiles_within_sequences(("BLOCK_M", "BLOCK_N"))
+    prune_bwd = fwd.tiles_within_sequences(("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2"))
+    for group in ("small", "large"):
+        (kept,) = prune_fwd(fwd.FWD_CONFIGS[group], {"seq_bucket": 64})
+        assert kept.kwargs["BLOCK_M"] <= 64 and kept.kwargs["BLOCK_N"] <= 64
+        kept = prune_bwd(bwd.BWD_CONFIGS[group], {"seq_bucket": 64})
+        assert 1 <= len(kept) < len(bwd.BWD_CONFIGS[group])
+        assert all(max(c.kwargs.values()) <= 64 for c in kept)
+        assert prune_fwd(fwd.FWD_CONFIGS[group], {"seq_bucket": 512}) == fwd.FWD_CONFIGS[group]

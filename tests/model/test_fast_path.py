@@ -129,18 +129,21 @@ def test_fully_padded_row_changes_nothing_else(impl):
 
 
 def _replay_ops():
-    """The reference functions, run packed, with the kernels' own dropout masks regenerated from the same seeds
-    (drawn from torch's generator in the same order as the kernels draw them)."""
+    """The reference functions, run packed, with the kernels' own dropout masks regenerated from the same seeds: each
+    layer draws its three seeds from torch's generator as the fused layer does (attention, then the two
+    LayerNorms), and the steps use them in that order."""
     import bert_fast_kernels as K
-    from bert_fast_kernels._common import draw_seed
+    from bert_fast_kernels.launchers import draw_seeds
 
     from bert_fast import ops
+
+    seeds = []
 
     def add_layer_norm(x, residual, weight, bias, eps, x_bias=None, dropout_p=0.0, return_residual=False):
         mask = None
         if dropout_p > 0.0:
             rows = x.reshape(-1, x.shape[-1]).shape[0]
-            mask = K.add_layer_norm_dropout_mask(draw_seed(None), rows, x.shape[-1], dropout_p, x.device)
+            mask = K.add_layer_norm_dropout_mask(seeds.pop(0), rows, x.shape[-1], dropout_p, x.device)
             mask = mask.view(x.shape)
         return K.add_layer_norm_ref(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p,
                                     dropout_mask=mask, return_residual=return_residual)
@@ -148,12 +151,19 @@ def _replay_ops():
     def attention(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None):
         mask = None
         if dropout_p > 0.0:
-            mask = K.varlen_dropout_mask(draw_seed(None), cu_seqlens, qkv.shape[2], max_seqlen, dropout_p)
+            mask = K.varlen_dropout_mask(seeds.pop(0), cu_seqlens, qkv.shape[2], max_seqlen, dropout_p)
         q, k, v = qkv.unbind(1)
         return K.varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, dropout_mask=mask)
 
+    def encoder_layer(layer, hidden, layout, replay):
+        drawn = draw_seeds(3, hidden.device)
+        seeds[:] = [drawn[i:] for i in range(3)]
+        out = layer.forward_steps(hidden, layout, replay)
+        assert not seeds  # all three were used
+        return out
+
     return ops.Ops("replay", ops.REFERENCE.bias_gelu, ops.REFERENCE.linear_gelu, add_layer_norm,
-                   ops.REFERENCE.padded_attention, attention, packed=True)
+                   ops.REFERENCE.padded_attention, attention, packed=True, encoder_layer=encoder_layer)
 
 
 def test_dropout_matches_reference_with_the_kernels_masks(monkeypatch):
@@ -173,7 +183,7 @@ def test_dropout_matches_reference_with_the_kernels_masks(monkeypatch):
     torch.manual_seed(1234)
     out = fast(**batch, labels=labels, next_sentence_label=nsp)
     replay = _replay_ops()
-    monkeypatch.setattr(ops, "resolve", lambda impl, device: replay)
+    monkeypatch.setattr(ops, "resolve", lambda impl, device, *rest: replay)
     torch.manual_seed(1234)
     ref = reference(**batch, labels=labels, next_sentence_label=nsp)
     assert abs(out.loss.item() - ref.loss.item()) <= TOL

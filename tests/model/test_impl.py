@@ -46,6 +46,17 @@ def test_dispatch_picks_layouts():
     assert ops.resolve("auto", torch.device("cuda")).name == "triton"
 
 
+def test_auto_takes_the_fused_path_where_it_was_measured_faster():
+    """On CUDA: BERT-base's width and up (and every static batch, which only the fused path can serve in a graph);
+    smaller models, measured slower on the fused path at small batches, take the reference path."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert ops.resolve("auto", cuda, hidden_size=768).name == "triton"
+    assert ops.resolve("auto", cuda, hidden_size=384) is ops.REFERENCE
+    assert ops.resolve("auto", cuda, hidden_size=384, static=True).name == "triton"
+    assert ops.resolve("auto", cpu, hidden_size=1024, static=True) is ops.REFERENCE
+    assert ops.resolve("triton", cuda, hidden_size=128).name == "triton"  # an explicit choice stands
+
+
 def test_packed_layout_round_trip():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
     layout = ops.packed_layout(mask, 3, 4, "cpu")

@@ -4,17 +4,20 @@ import pytest
 import torch
 
 import bert_fast
-from bert_fast.inference import GraphedEncoder, bucket_for, pack_for_bucket
+from bert_fast.buckets import inference_bucket, pack_batch
+from bert_fast.inference import GraphedEncoder, _cut
 from tests.model.conftest import random_batch, tiny_config
 
 
 def test_buckets():
-    assert bucket_for([16]) == bucket_for([64])  # one graph serves every length up to the width
-    b = bucket_for([100, 3, 64])
+    assert inference_bucket([16]) == inference_bucket([64])  # one graph serves every length up to the width
+    b = inference_bucket([100, 3, 64])
     assert (b.batch, b.width, b.tokens, b.slots) == (4, 128, 256, 6)
-    assert bucket_for([1]).tokens == 64
+    assert inference_bucket([1]).tokens == 64
     # a position table of 100 caps the width (filler runs use positions 0 .. width - 1)
-    assert bucket_for([90, 3], max_width=100).width == 100 and bucket_for([30], max_width=100).width == 64
+    assert inference_bucket([90, 3], max_width=100).width == 100
+    assert inference_bucket([30], max_width=100).width == 64
+    assert inference_bucket([5] * 6, choices=2).batch == 8  # 3 examples of 2 choices: 4 examples' slots
 
 
 def test_filler_positions_stay_inside_a_short_position_table():
@@ -22,16 +25,15 @@ def test_filler_positions_stay_inside_a_short_position_table():
     model = bert_fast.BertModel(config, impl="reference").eval()
     lengths = [37, 5]
     batch = random_batch(config, batch=2, seq=37, lengths=lengths)
-    bucket = bucket_for(lengths, max_width=config.max_position_embeddings)
-    packed = pack_for_bucket(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], bucket,
-                             config.pad_token_id)
+    bucket = inference_bucket(lengths, max_width=config.max_position_embeddings)
+    packed = pack_batch(batch, bucket, config.pad_token_id, config=config)
     assert bucket.width == 40 and int(packed.position_ids.max()) < 40
     with torch.no_grad():
-        out = model.forward_packed(packed.input_ids, packed.cu_seqlens, bucket.width, packed.token_type_ids,
-                                   packed.position_ids)
+        out = _cut(model(**packed.model_inputs()), bucket, packed.real_batch, packed.real_width)
         ref = model(**batch)
     real = batch["attention_mask"].bool()
-    assert (out.last_hidden_state[: int(real.sum())] - ref.last_hidden_state[real]).abs().max() <= 1e-5
+    assert (out.last_hidden_state[real] - ref.last_hidden_state[real]).abs().max() <= 1e-5
+    assert not out.last_hidden_state[~real].any()  # zeros at padding
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])
@@ -40,19 +42,18 @@ def test_packed_bucket_matches_forward(impl, lengths):
     config = tiny_config(max_position_embeddings=128)
     model = bert_fast.BertModel(config, impl=impl).eval()
     batch = random_batch(config, batch=len(lengths), seq=max(lengths), lengths=lengths)
-    bucket = bucket_for(lengths, width_multiple=16, min_tokens=32)
-    packed = pack_for_bucket(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], bucket,
-                             config.pad_token_id)
+    bucket = inference_bucket(lengths, width_multiple=16, min_tokens=32)
+    packed = pack_batch(batch, bucket, config.pad_token_id)
     assert packed.input_ids.shape == (bucket.tokens,) and packed.cu_seqlens.shape == (bucket.slots + 1,)
     assert int(packed.cu_seqlens[-1]) == bucket.tokens and (packed.cu_seqlens.diff() <= bucket.width).all()
     with torch.no_grad():
-        out = model.forward_packed(packed.input_ids, packed.cu_seqlens, bucket.width, packed.token_type_ids,
-                                   packed.position_ids)
+        out = model(**packed.model_inputs())
         ref = model(**batch)
+    assert out.last_hidden_state.shape == (bucket.batch, bucket.width, config.hidden_size)
+    cut = _cut(out, bucket, packed.real_batch, packed.real_width)
     real = batch["attention_mask"].bool()
-    n = int(real.sum())
-    assert (out.last_hidden_state[:n] - ref.last_hidden_state[real]).abs().max() <= 1e-5
-    assert (out.pooler_output[:len(lengths)] - ref.pooler_output).abs().max() <= 1e-5
+    assert (cut.last_hidden_state[real] - ref.last_hidden_state[real]).abs().max() <= 1e-5
+    assert (cut.pooler_output - ref.pooler_output).abs().max() <= 1e-5
 
 
 def test_forward_packed_validates():
@@ -71,34 +72,6 @@ def test_graphs_need_cuda():
         GraphedEncoder(bert_fast.BertModel(tiny_config()))
 
 
-def assert_graphs_replay_the_model(config, model, lengths_list, atol=0.0, rtol=0.0):
-    """GraphedEncoder against the model's own forward on ragged batches: the real tokens and the pooled output,
-    within atol + rtol x the largest hidden value."""
-    graphed = GraphedEncoder(model)
-    for lengths in lengths_list:
-        batch = random_batch(config, batch=len(lengths), seq=max(lengths), lengths=lengths)
-        batch = {k: v.cuda() for k, v in batch.items()}
-        out = graphed(**batch)
-        with torch.no_grad():
-            ref = model(**batch)
-        real = batch["attention_mask"].bool()
-        bound = atol + rtol * ref.last_hidden_state[real].abs().max().item()
-        assert (out.last_hidden_state[real] - ref.last_hidden_state[real]).abs().max() <= bound
-        assert (out.pooler_output - ref.pooler_output).abs().max() <= atol + rtol
-    return graphed
-
-
-@pytest.mark.gpu
-def test_graph_replay_matches_forward():
-    config = tiny_config(max_position_embeddings=128)
-    model = bert_fast.BertModel(config, impl="triton").cuda().eval()
-    graphed = assert_graphs_replay_the_model(config, model, ([16], [5, 60, 33], [16]), atol=1e-4)
-    assert len(graphed.graphs) == 2
-
-
-@pytest.mark.gpu
-def test_graph_replay_with_the_fused_ffn_gemm(ffn_gemm):
-    """bf16 (where the fused FFN GEMM runs when enabled): its autotuning happens in the warm-up, not the capture."""
-    config = tiny_config(max_position_embeddings=128, hidden_size=64, intermediate_size=256, num_attention_heads=2)
-    model = bert_fast.BertModel(config, impl="triton").cuda().to(torch.bfloat16).eval()
-    assert_graphs_replay_the_model(config, model, ([16], [5, 60, 33]), rtol=1e-2)
+def test_graphs_refuse_the_reference_path():
+    with pytest.raises(ValueError, match="captures the fused path"):
+        GraphedEncoder(bert_fast.BertModel(tiny_config(), impl="reference"))

@@ -69,13 +69,6 @@ def test_wrong_dtypes(model):
         model(batch["input_ids"][0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
-def test_device_mix():
-    model = bert_fast.BertModel(tiny_config()).cuda()
-    with pytest.raises(InputError, match="is on cpu but the model is on cuda"):
-        model(torch.zeros(1, 4, dtype=torch.long))
-
-
 def test_device_mix_of_inputs(model):
     batch = random_batch(model.config)
     batch["attention_mask"] = batch["attention_mask"].to("meta")

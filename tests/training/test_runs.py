@@ -13,10 +13,9 @@ def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "predictions_dev.tsv").write_text("index\tprediction\n")
     (folder / "notes.txt").write_text("mine")  # not a run output: never touched
-    with pytest.raises(RunFolderError, match=r"run already holds a run \(checkpoints, predictions_dev.tsv\): pass "
-                                             "--resume to continue it, --overwrite to replace it"):
-        with run_folder(folder, OUTPUTS, resume=False, overwrite=False):
-            pass
+    refused = r"run already holds a run \(checkpoints, predictions_dev.tsv\): pass --resume to continue it, --overwrite"
+    with pytest.raises(RunFolderError, match=refused), run_folder(folder, OUTPUTS, resume=False, overwrite=False):
+        pass
     assert (folder / "checkpoints").is_dir()
     with run_folder(folder, OUTPUTS, resume=True, overwrite=False):
         assert (folder / "checkpoints").is_dir()  # resuming keeps the run
@@ -27,21 +26,18 @@ def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
 
 def test_a_failed_run_leaves_no_empty_folder(tmp_path):
     folder = tmp_path / "new" / "run"
-    with pytest.raises(ValueError, match="bad corpus"):
-        with run_folder(folder, OUTPUTS, resume=False, overwrite=False):
-            (folder / "tokenizer").mkdir()  # folders without files are nothing lost
-            raise ValueError("bad corpus")
+    with pytest.raises(ValueError, match="bad corpus"), run_folder(folder, OUTPUTS, resume=False, overwrite=False):
+        (folder / "tokenizer").mkdir()  # folders without files are nothing lost
+        raise ValueError("bad corpus")
     assert not folder.exists()
-    with pytest.raises(KeyboardInterrupt):
-        with run_folder(folder, OUTPUTS, resume=False, overwrite=False):
-            (folder / "metrics.jsonl").write_text("{}\n")  # a file written: the folder stays
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), run_folder(folder, OUTPUTS, resume=False, overwrite=False):
+        (folder / "metrics.jsonl").write_text("{}\n")  # a file written: the folder stays
+        raise KeyboardInterrupt
     assert (folder / "metrics.jsonl").is_file()
     existing = tmp_path / "existing"
     existing.mkdir()
-    with pytest.raises(ValueError):
-        with run_folder(existing, OUTPUTS, resume=False, overwrite=False):
-            raise ValueError("fails")
+    with pytest.raises(ValueError), run_folder(existing, OUTPUTS, resume=False, overwrite=False):
+        raise ValueError("fails")
     assert existing.is_dir()  # a folder the user made stays, empty or not
 
 

@@ -471,3 +471,40 @@ def test_profile_steps_off_writes_nothing_and_negative_is_an_error(tiny_config):
     assert not (Path(tiny_config.out) / "profile").exists()
     with pytest.raises(ValueError, match="profile_steps"):
         StepProfiler(-1, Path(tiny_config.out) / "profile", torch.device("cpu"))
+
+
+def test_captured_steps_pretrain_as_the_plain_run(tiny_config, monkeypatch):
+    """train.capture: each micro-batch runs as its bucket's step (a CUDA graph on a GPU; on the CPU the same work,
+    eagerly), with accumulation: the per-step losses and the final weights are the plain run's (dropout 0, so
+    packing the batch cannot move a mask; the fused path, which the captured step needs)."""
+    tiny_config.model.impl = "triton"
+    tiny_config.model.hidden_dropout_prob = tiny_config.model.attention_probs_dropout_prob = 0.0
+    tiny_config.data.seq_len = 32
+    tiny_config.train.steps = 3
+    tiny_config.train.micro_batch_size = 4  # two micro-batches a step
+    tiny_config.train.eval_every = tiny_config.train.checkpoint_every = 0
+    tiny_config.train.eval_batches = 1
+    plain = copy.deepcopy(tiny_config)
+    plain.out = str(Path(tiny_config.out).parent / "plain")
+    pretrain(plain)
+    tiny_config.train.capture = True
+    from bert_fast.training.capture import CapturedStep
+
+    calls = []
+    step = CapturedStep.__call__
+    monkeypatch.setattr(CapturedStep, "__call__", lambda self, batch, **kw: calls.append(kw) or step(self, batch, **kw))
+    pretrain(tiny_config)
+    assert [c["step_optimizer"] for c in calls] == [False, True] * 3  # every micro-batch had a bucket
+    ours, theirs = read_metrics(tiny_config.out), read_metrics(plain.out)
+    for a, b in zip([r for r in ours if r["split"] == "train"], [r for r in theirs if r["split"] == "train"]):
+        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    a, b = _weights(tiny_config.out), _weights(plain.out)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_capture_refuses_what_a_graph_cannot_hold(tiny_config):
+    tiny_config.train.capture = True
+    tiny_config.train.precision = "fp16"
+    with pytest.raises(ValueError, match="train.capture takes bf16 or fp32"):
+        pretrain(tiny_config)
