@@ -111,42 +111,9 @@ def eval_curve(run_dir: Path, examples_at) -> list[tuple[float, float]]:
 
 def hf_throughput(store: str, tokenizer_dir: Path, model_dir: Path, batch_size: int, steps: int) -> dict:
     """transformers' BertForPreTraining on the unpacked batches: bf16 autocast, SDPA, fused AdamW."""
-    import transformers
+    from bench.bench_pretrain import hf_pretraining_throughput
 
-    from bert_fast.config import BertConfig
-    from bert_fast.data.loader import PretrainingBatches
-    from bert_fast.data.masking import MaskingSettings
-    from bert_fast.tokenizer import BertTokenizer
-
-    tokenizer = BertTokenizer.from_pretrained(tokenizer_dir)
-    ours = BertConfig.from_json_file(model_dir / "config.json")
-    hf_config = transformers.BertConfig(**{k: v for k, v in ours.to_dict().items() if k != "architectures"},
-                                        attn_implementation="sdpa")
-    model = transformers.BertForPreTraining(hf_config).cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
-               "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    data = PretrainingBatches(store, "train", batch_size, 0, MaskingSettings(), special, tokenizer.vocab_size)
-    batches = [{k: v.cuda() for k, v in data[j].items()} for j in range(min(20, len(data)))]
-
-    def step(batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(**batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for i in range(5):
-        step(batches[i % len(batches)])
-    torch.cuda.synchronize()
-    start, tokens = time.perf_counter(), 0
-    for i in range(steps):
-        batch = batches[i % len(batches)]
-        step(batch)
-        tokens += int(batch["attention_mask"].sum())
-    torch.cuda.synchronize()
-    return {"tokens_per_s": tokens / (time.perf_counter() - start)}
+    return hf_pretraining_throughput(store, tokenizer_dir, model_dir, batch_size, steps, warmup=5)
 
 
 def main(argv=None) -> int:

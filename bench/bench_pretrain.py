@@ -184,6 +184,15 @@ def _print_report(rows: list[dict], curves: dict) -> None:
 
 def hf_throughput(config: PretrainConfig, run_dir: Path, steps: int) -> dict:
     """transformers' BertForPreTraining on our batches: bf16 autocast, SDPA, fused AdamW."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return hf_pretraining_throughput(summary["stores"]["128"], run_dir / "tokenizer", run_dir / "model",
+                                     config.train.batch_size, steps, warmup=10)
+
+
+def hf_pretraining_throughput(store, tokenizer_dir: Path, model_dir: Path, batch_size: int, steps: int,
+                              warmup: int = 5) -> dict:
+    """transformers' BertForPreTraining (the config of the model in model_dir) on a store's unpacked training
+    batches: bf16 autocast, SDPA, fused AdamW; real tokens per second after `warmup` steps."""
     import transformers
 
     from bert_fast.config import BertConfig
@@ -191,18 +200,16 @@ def hf_throughput(config: PretrainConfig, run_dir: Path, steps: int) -> dict:
     from bert_fast.data.masking import MaskingSettings
     from bert_fast.tokenizer import BertTokenizer
 
-    tokenizer = BertTokenizer.from_pretrained(run_dir / "tokenizer")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    ours = BertConfig.from_json_file(run_dir / "model" / "config.json")
+    tokenizer = BertTokenizer.from_pretrained(tokenizer_dir)
+    ours = BertConfig.from_json_file(Path(model_dir) / "config.json")
     hf_config = transformers.BertConfig(**{k: v for k, v in ours.to_dict().items() if k != "architectures"},
                                         attn_implementation="sdpa")
     model = transformers.BertForPreTraining(hf_config).cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
                "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    data = PretrainingBatches(summary["stores"]["128"], "train", config.train.batch_size, 0, MaskingSettings(), special,
-                              tokenizer.vocab_size)
-    batches = [{k: v.cuda() for k, v in data[j].items()} for j in range(20)]
+    data = PretrainingBatches(store, "train", batch_size, 0, MaskingSettings(), special, tokenizer.vocab_size)
+    batches = [{k: v.cuda() for k, v in data[j].items()} for j in range(min(20, len(data)))]
 
     def step(batch):
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -212,7 +219,7 @@ def hf_throughput(config: PretrainConfig, run_dir: Path, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for i in range(10):
+    for i in range(warmup):
         step(batches[i % len(batches)])
     torch.cuda.synchronize()
     start, tokens = time.perf_counter(), 0

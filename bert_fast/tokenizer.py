@@ -159,11 +159,7 @@ class Tokenizer:
         """A checkpoint folder's tokenizer: tokenizer.json of any kind, or BERT's vocab.txt. A WordPiece vocabulary
         with BERT's special tokens gives a BertTokenizer."""
         folder = Path(folder)
-        if not folder.is_dir():
-            raise TokenizerError(f"tokenizer folder {folder} does not exist")
-        settings = {}
-        if (folder / "tokenizer_config.json").is_file():
-            settings = read_json(folder / "tokenizer_config.json", TokenizerError)
+        settings = _folder_settings(folder)
         if not (folder / "tokenizer.json").is_file():
             if (folder / "vocab.txt").is_file():
                 return BertTokenizer.from_pretrained(folder)
@@ -336,11 +332,7 @@ class BertTokenizer(Tokenizer):
     def from_pretrained(cls, folder: str | Path) -> BertTokenizer:
         """From a folder with tokenizer.json, or with vocab.txt (+ tokenizer_config.json)."""
         folder = Path(folder)
-        if not folder.is_dir():
-            raise TokenizerError(f"tokenizer folder {folder} does not exist")
-        settings = {}
-        if (folder / "tokenizer_config.json").is_file():
-            settings = read_json(folder / "tokenizer_config.json", TokenizerError)
+        settings = _folder_settings(folder)
         max_length = _max_length(settings)
         lowercase = bool(settings.get("do_lower_case", True))
         if (folder / "tokenizer.json").is_file():
@@ -413,6 +405,14 @@ class BertTokenizer(Tokenizer):
                   "strip_accents": None, **specials}
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+
+
+def _folder_settings(folder: Path) -> dict:
+    """A tokenizer folder's tokenizer_config.json ({} without one); a missing folder is a TokenizerError."""
+    if not folder.is_dir():
+        raise TokenizerError(f"tokenizer folder {folder} does not exist")
+    config = folder / "tokenizer_config.json"
+    return read_json(config, TokenizerError) if config.is_file() else {}
 
 
 def _max_length(settings: dict) -> int:

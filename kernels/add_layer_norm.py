@@ -628,8 +628,8 @@ def add_layer_norm(
 
     residual, bias and x_bias may be None (residual=None is a plain LayerNorm). dropout_p > 0 drops elements
     of x + x_bias with the Philox mask of `seed`: an int, an int64 tensor on x's device (its first element), or
-    None to draw one on the device from torch's generator (so torch.manual_seed makes runs reproducible, and
-    no host sync is needed); pass dropout_p=0.0 in eval mode. With return_residual=True returns (y, h) where
+    None to draw one from torch's generator, so torch.manual_seed makes runs reproducible (on the device, with no
+    host sync, where _common.device_seeds() says so; else on the host); pass dropout_p=0.0 in eval mode. With return_residual=True returns (y, h) where
     h = dropout(x + x_bias) + residual, in x's dtype. Differentiable in x, residual, weight, bias and x_bias.
     """
     check_inputs(x, residual, weight, bias, x_bias, dropout_p)  # here, so bad calls fail while tracing too
