@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's worth of checks and benchmarks, in stages that each fit one 10-minute device call:
+#   bash bench/gpu_session.sh next           the next session in one call: every GPU test, then `small` with the
+#                                            one-node layer and device seeds on; a short table last (NOTES §4)
 #   bash bench/gpu_session.sh tests-kernels  GPU kernel tests (bf16, long sequences, every launch config, compile)
 #   bash bench/gpu_session.sh tests-model    GPU model tests (parity with HF, CUDA graphs, convergence, task heads)
 #   bash bench/gpu_session.sh tests          both test stages in one call (2.5 min on an H100 with PYTEST_WORKERS=8);
@@ -123,6 +125,14 @@ case "${1:-tests}" in
     pytest_gpu gpu_tests_families tests/families "${@:2}"
     python -m bench.bench_families 2>&1 | tee "$OUT/bench_families.log"
     save families.jsonl families.md ;;
+  next)  # the next lent session in one call (NOTES §4): every GPU test, then the small-model goals; a table last
+    PYTEST_WORKERS=${PYTEST_WORKERS:-8} timeout 330 bash "$0" tests
+    # the goals on the paths the GPU tests above decide: the one-node layer and device-drawn seeds on
+    BERT_FAST_FUSED_LAYER=1 BERT_FAST_DEVICE_SEEDS=1 timeout 200 bash "$0" small
+    echo; echo "== GPU tests"; grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
+    for table in e2e_small_finetune e2e_small_pretrain e2e_latency; do
+      [ -f "bench/results/$table.md" ] && { echo "== $table"; cat "bench/results/$table.md"; }
+    done ;;
   *)
     echo "unknown stage $1"; exit 2 ;;
 esac
