@@ -4,26 +4,26 @@ One model with two implementations (plain PyTorch reference, fused Triton kernel
 Hugging Face BERT checkpoints unchanged.
 """
 
-from .checkpoint import CheckpointError
-from .config import BertConfig, ConfigError
+from .config import BertConfig
 from .embeddings import embed
+from .errors import BertFastError, CheckpointError, ConfigError, InputError, TokenizerError
 from .heads import (
     BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
 )
-from .inputs import InputError
 from .modeling import BertForMaskedLM, BertForPreTraining, BertModel, BertPreTrainedModel
 from .ops import set_fused_layer, set_fused_linear_gelu
 from .outputs import BertModelOutput, MaskedLMOutput, PreTrainingOutput
 from .patch import is_patched, patch, unpatch
-from .tokenizer import BertTokenizer, Tokenizer, TokenizerError
+from .tokenizer import BertTokenizer, Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BertConfig",
+    "BertFastError",
     "BertForMaskedLM",
     "BertForMultipleChoice",
     "BertForPreTraining",
