@@ -8,9 +8,11 @@ if __name__ == "kernels":
     # This folder is `kernels/` in the source tree, so with the repository root on sys.path (`python -m ...` run
     # from there) `import kernels` finds it before the PyPI package `kernels` that transformers imports. Under
     # that name it hands over: the installed package replaces it in sys.modules (the import statement returns
-    # whatever sys.modules holds once this file has run), or the import fails as if this folder were not there.
-    # It must never define our kernels: their modules register torch custom ops, and a second copy of them under
-    # another name would register the same ops twice.
+    # whatever sys.modules holds once this file has run). Without one, it stays what import probes (transformers'
+    # `_is_package_available`) call a namespace shadow, not an install: no __file__, no version, nothing defined,
+    # no submodules. (Raising ModuleNotFoundError here instead breaks transformers 5.17, whose probe imports a
+    # package it finds without metadata and does not catch the error.) Either way nothing of ours runs under this
+    # name: our modules register torch custom ops, and a second copy of them would register the same ops twice.
     # Standard library only, and no submodule of ours: nothing may land in sys.modules under `kernels.`.
     import importlib.machinery
     import importlib.util
@@ -26,16 +28,18 @@ if __name__ == "kernels":
     _spec = importlib.machinery.PathFinder.find_spec(
         "kernels", [entry for entry in sys.path if not _found_this_folder(entry)]
     )
-    if _spec is None or _spec.loader is None:
-        del sys.modules["kernels"]
-        raise ModuleNotFoundError("No module named 'kernels'", name="kernels")
-    _installed = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _installed
-    try:
-        _spec.loader.exec_module(_installed)
-    except BaseException:
-        del sys.modules["kernels"]
-        raise
+    if _spec is not None and _spec.loader is not None:
+        _installed = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _installed
+        try:
+            _spec.loader.exec_module(_installed)
+        except BaseException:
+            del sys.modules["kernels"]
+            raise
+    else:
+        __all__: list[str] = []
+        __path__: list[str] = []  # no submodule of ours can be imported as kernels.<name>
+        del __file__, importlib, os, sys, _found_this_folder, _spec
 elif __name__ != "bert_fast_kernels":
     # Any other name (a copy of the folder imported from elsewhere) defines nothing, for the same reason.
     __all__: list[str] = []
