@@ -151,10 +151,11 @@ class Pretrainer:
 
         self.step = self._restore_newest_checkpoint() if resume else 0
         self.start_step = self.step
-        self.metrics = MetricsLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if t.tensorboard else None,
-                                     enabled=env.is_main)
         self.progress = Progress(self.stop, self.step, enabled=t.progress and env.is_main)
         self.profiler = StepProfiler(t.profile_steps, run_dir / "profile", self.device, enabled=env.is_main)
+        # last: TensorBoard's writer creates its event file at once, and a run that fails before this writes none
+        self.metrics = MetricsLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard" if t.tensorboard else None,
+                                     enabled=env.is_main)
         self.first_record: dict | None = None  # the first and last training log records of this invocation
         self.last_record: dict | None = None
         self.last_eval: dict = {}

@@ -3,6 +3,7 @@ BertModel.forward and through a patched transformers model, and training with a 
 
 import pytest
 import torch
+from packaging.version import Version
 
 import bert_fast
 from bert_fast.inputs import InputError
@@ -74,6 +75,11 @@ def _collated(batch, **collator_options):
     return collated
 
 
+# transformers itself splits a row at restarting position_ids under sdpa in 5.25 (the newest, checked here); 5.17, the
+# GPU image's, attends across the restarts. The comparison with unpatched transformers runs where it can hold.
+TRANSFORMERS_READS_RESTARTING_POSITIONS = Version(transformers.__version__) >= Version("5.25")
+
+
 @pytest.mark.parametrize("impl", ["reference", "triton"])
 @pytest.mark.parametrize("options", [{}, {"return_flash_attn_kwargs": True, "return_position_ids": False},
                                      {"return_seq_idx": True, "return_position_ids": False}],
@@ -88,7 +94,7 @@ def test_patched_model_takes_transformers_flattened_batches(impl, options):
     flat = _collated(batch, **options)
     with torch.no_grad():
         expected = model(**batch).last_hidden_state[real]
-        if "position_ids" in flat:
+        if "position_ids" in flat and TRANSFORMERS_READS_RESTARTING_POSITIONS:
             unpatched = model(**flat).last_hidden_state[0]
             torch.testing.assert_close(unpatched, expected, rtol=TOL, atol=TOL)
         bert_fast.patch(model, impl=impl)
