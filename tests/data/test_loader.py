@@ -9,33 +9,23 @@ from bert_fast.data.store import ExampleSettings
 from bert_fast.errors import DataError
 
 
-@pytest.fixture(scope="module")
-def setup(corpus_file, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    tok, _ = cached_tokenizer([corpus_file], 400, cache_dir=cache)
-    folder = cached_store([corpus_file], tok, ExampleSettings(max_seq_len=64, eval_fraction=0.1), cache_dir=cache)
-    special = {"pad": tok.pad_token_id, "unk": tok.unk_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id,
-               "mask": tok.mask_token_id}
-    return tok, folder, special, cache
-
-
-def _dataset(setup, micro=8, split="train", whole_word=False, seed=0):
-    tok, folder, special, _ = setup
+def _dataset(example_store, micro=8, split="train", whole_word=False, seed=0):
+    tok, folder, special, _ = example_store
     return PretrainingBatches(folder, split, micro, seed, MaskingSettings(whole_word=whole_word), special,
                               tok.vocab_size, shuffle=split == "train")
 
 
-def test_caches_are_reused(setup, corpus_file):
-    tok, folder, _, cache = setup
+def test_caches_are_reused(example_store, corpus_file):
+    tok, folder, _, cache = example_store
     again, _ = cached_tokenizer([corpus_file], 400, cache_dir=cache)
     assert again.get_vocab() == tok.get_vocab()
     assert cached_store([corpus_file], tok, ExampleSettings(max_seq_len=64, eval_fraction=0.1), cache_dir=cache) \
         == folder
 
 
-def test_batch_contents(setup):
-    tok = setup[0]
-    batch = _dataset(setup)[3]
+def test_batch_contents(example_store):
+    tok = example_store[0]
+    batch = _dataset(example_store)[3]
     ids, mask, types, labels = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"]
     assert ids.shape[0] == 8 and ids.shape[1] % 8 == 0 and ids.shape[1] <= 64
     assert batch["next_sentence_label"].shape == (8,) and set(batch["next_sentence_label"].tolist()) <= {0, 1}
@@ -51,9 +41,9 @@ def test_batch_contents(setup):
         assert (labels[row] != -100).sum() >= 1
 
 
-def test_batches_depend_only_on_their_index(setup):
-    ds = _dataset(setup)
-    ds_again = _dataset(setup)
+def test_batches_depend_only_on_their_index(example_store):
+    ds = _dataset(example_store)
+    ds_again = _dataset(example_store)
     for j in (0, 5, ds.per_epoch + 2):  # the last one is in the second epoch
         a, b = ds[j], ds_again[j]
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -64,8 +54,8 @@ def test_batches_depend_only_on_their_index(setup):
     assert len(set(seen.tolist())) == len(seen)  # an epoch visits each example at most once
 
 
-def test_workers_give_the_same_batches(setup):
-    ds = _dataset(setup)
+def test_workers_give_the_same_batches(example_store):
+    ds = _dataset(example_store)
     indices = [4, 0, 9, 2, 7]
     serial = list(make_loader(ds, indices, num_workers=0))
     parallel = list(make_loader(ds, indices, num_workers=2))
@@ -84,15 +74,15 @@ def test_ranks_and_accumulation_consume_the_same_batches():
     assert not set(two[0]) & set(two[1])  # each rank reads its own part
 
 
-def test_eval_split_is_fixed_and_complete(setup):
-    ds = _dataset(setup, split="eval")
+def test_eval_split_is_fixed_and_complete(example_store):
+    ds = _dataset(example_store, split="eval")
     total = len(ds.store)
     assert sum(ds[j]["input_ids"].shape[0] for j in range(len(ds))) == total
-    assert torch.equal(ds[0]["labels"], _dataset(setup, split="eval")[0]["labels"])
+    assert torch.equal(ds[0]["labels"], _dataset(example_store, split="eval")[0]["labels"])
     with pytest.raises(IndexError):
         ds[len(ds)]
 
 
-def test_corpus_too_small_for_a_batch(setup):
+def test_corpus_too_small_for_a_batch(example_store):
     with pytest.raises(DataError, match="fewer than one micro-batch"):
-        _dataset(setup, micro=100_000)
+        _dataset(example_store, micro=100_000)

@@ -14,8 +14,7 @@ from bert_fast.data.packing import (
     pack_online,
     packing_report,
 )
-from bert_fast.data.prepare import cached_store, cached_tokenizer
-from bert_fast.data.store import DataError, ExampleSettings, ExampleStore
+from bert_fast.data.store import DataError, ExampleStore
 
 
 def _lengths(n, row_len, rng):
@@ -74,27 +73,17 @@ def test_an_example_longer_than_a_row_is_an_error_not_a_truncation():
         pack_histogram([130, 5], 128)
 
 
-@pytest.fixture(scope="module")
-def setup(corpus_file, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    tok, _ = cached_tokenizer([corpus_file], 400, cache_dir=cache)
-    folder = cached_store([corpus_file], tok, ExampleSettings(max_seq_len=64, eval_fraction=0.1), cache_dir=cache)
-    special = {"pad": tok.pad_token_id, "unk": tok.unk_token_id, "cls": tok.cls_token_id, "sep": tok.sep_token_id,
-               "mask": tok.mask_token_id}
-    return tok, folder, special
-
-
-def _packed(setup, packing="online", rows=4, seed=0, whole_word=False):
-    tok, folder, special = setup
+def _packed(example_store, packing="online", rows=4, seed=0, whole_word=False):
+    tok, folder, special, _ = example_store
     return PackedPretrainingBatches(folder, rows, seed, MaskingSettings(whole_word=whole_word), special,
                                     tok.vocab_size, packing=packing)
 
 
 @pytest.mark.parametrize("packing", ["online", "offline"])
-def test_packed_batches_keep_each_example_as_it_was(setup, packing):
+def test_packed_batches_keep_each_example_as_it_was(example_store, packing):
     """Each example in a packed row: its tokens, token types and masks as in the unpacked batch of the same
     examples, positions restarting at 0, its NSP label at its [CLS]; cu_seqlens marks it as a sequence."""
-    ds = _packed(setup, packing)
+    ds = _packed(example_store, packing)
     j = 2 + ds.per_epoch  # in the second epoch
     batch = ds[j]
     b = ds.budgets
@@ -134,8 +123,8 @@ def test_packed_batches_keep_each_example_as_it_was(setup, packing):
 
 
 @pytest.mark.parametrize("packing", ["online", "offline"])
-def test_packed_batches_depend_only_on_their_index(setup, packing):
-    ds, again = _packed(setup, packing), _packed(setup, packing)
+def test_packed_batches_depend_only_on_their_index(example_store, packing):
+    ds, again = _packed(example_store, packing), _packed(example_store, packing)
     for j in (3 * ds.per_epoch + 1, 0, ds.per_epoch):  # out of order, across epochs
         a, b = ds[j], again[j]
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -148,15 +137,15 @@ def test_packed_batches_depend_only_on_their_index(setup, packing):
     assert not np.array_equal(ds.slots_of(0), ds.slots_of(ds.per_epoch))  # epochs shuffle differently
 
 
-def test_whole_word_masking_fits_the_masked_budget(setup):
-    ds = _packed(setup, "online", rows=4, whole_word=True)
+def test_whole_word_masking_fits_the_masked_budget(example_store):
+    ds = _packed(example_store, "online", rows=4, whole_word=True)
     for j in range(0, ds.per_epoch, 3):
         batch = ds[j]
         assert 0 < int((batch["mlm_labels"] != -100).sum()) <= ds.budgets.masked
 
 
-def test_offline_packs_are_decided_once_and_kept_in_the_store(setup):
-    folder = setup[1]
+def test_offline_packs_are_decided_once_and_kept_in_the_store(example_store):
+    folder = example_store[1]
     store = ExampleStore(folder, "train")
     packs = ensure_packs(store, 3)
     marker = folder / "train-packs-k3.json"
@@ -168,8 +157,8 @@ def test_offline_packs_are_decided_once_and_kept_in_the_store(setup):
     assert sorted(packs[packs >= 0].tolist()) == list(range(len(store)))
 
 
-def test_packing_report_and_padding(setup):
-    ds = _packed(setup, "online", rows=4)
+def test_packing_report_and_padding(example_store):
+    ds = _packed(example_store, "online", rows=4)
     report = packing_report(ds)
     assert 0 < report.packed_padding < report.unpacked_padding
     assert 1 <= report.examples_per_row <= 3
